@@ -1,0 +1,3 @@
+from integration.runner import main
+
+raise SystemExit(main())
