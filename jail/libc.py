@@ -12,11 +12,12 @@ libseccomp's resolver, not from a table kept here.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Any
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# Sonames, not ctypes.util.find_library: that runs `ldconfig -p` (~10 ms).
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+LIBSECCOMP = "libseccomp.so.2"
 
 # Namespace flags (linux/sched.h).
 CLONE_NEWNS = 0x00020000
@@ -93,15 +94,25 @@ _syscall_numbers: dict[str, int] = {}
 
 
 def syscall_number(name: str) -> int:
-    """Number of syscall ``name`` on the native ABI, from libseccomp."""
+    """Number of syscall ``name`` on the native ABI, from libseccomp.
+
+    Cached per process; the supervisor resolves what the children need before
+    it forks (see ``preload``), so children inherit the cache.
+    """
     if name not in _syscall_numbers:
-        lib = ctypes.CDLL(ctypes.util.find_library("seccomp") or "libseccomp.so.2")
+        lib = ctypes.CDLL(LIBSECCOMP)
         lib.seccomp_syscall_resolve_name.restype = ctypes.c_int
         nr = lib.seccomp_syscall_resolve_name(name.encode())
         if nr < 0:
             raise OSError(0, f"libseccomp does not know syscall {name!r}")
         _syscall_numbers[name] = nr
     return _syscall_numbers[name]
+
+
+def preload() -> None:
+    """Resolve, in the supervisor, the syscall numbers the child stages use."""
+    for name in ("pivot_root", "openat2"):
+        syscall_number(name)
 
 
 def unshare(flags: int) -> None:

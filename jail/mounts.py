@@ -52,6 +52,9 @@ def etc_files(ctx: RunContext) -> dict[str, str]:
 class Mounts(Step):
     name = "mounts"
 
+    def prepare(self, ctx: RunContext) -> None:
+        libc.preload()
+
     def in_init(self, ctx: RunContext) -> None:
         fs = ctx.policy.filesystem
         try:

@@ -38,9 +38,12 @@ def default_steps(policy: Policy) -> list[Step]:
 class Jail:
     """Run one command under a policy.  ``Jail(policy).run(["python3", "x.py"])``."""
 
-    def __init__(self, policy: Policy, steps: Sequence[Step] | None = None) -> None:
+    def __init__(self, policy: Policy, steps: Sequence[Step] | None = None,
+                 options: dict[str, Any] | None = None) -> None:
+        """``options`` are run-time switches from the CLI (e.g. seccomp_learn: path)."""
         self.policy = policy
         self._steps = steps
+        self.options = dict(options or {})
 
     def run(self, command: Sequence[str], cwd: str | None = None,
             on_started: Callable[[RunContext], None] | None = None) -> Result:
@@ -48,6 +51,7 @@ class Jail:
             raise ValueError("an empty command")
         ctx = RunContext(policy=self.policy, command=list(command), cwd=cwd,
                          run_id=str(uuid.uuid4()))
+        ctx.extra.update(self.options)
         result = Result(command=list(command), policy_sha256=self.policy.sha256, id=ctx.run_id,
                         started_at=datetime.datetime.fromtimestamp(ctx.started_at, datetime.UTC)
                         .isoformat(timespec="microseconds").replace("+00:00", "Z"))

@@ -54,6 +54,17 @@ class UserNamespace(Step):
                 "supervisor", "write id map", e, path=f"/proc/{pid}",
                 fix="check that user namespaces are enabled (hivejail doctor)") from None
 
+    def after_pivot(self, ctx: RunContext) -> None:
+        """No nested user namespaces: with one, the payload would regain every
+        capability there (and could then unshare net, mount, …).  The limit is
+        per user namespace, so this changes nothing on the host."""
+        try:
+            with open("/proc/sys/user/max_user_namespaces", "w") as f:
+                f.write("0")
+        except OSError as e:
+            raise SetupError.from_oserror("init", "disable nested user namespaces", e,
+                                          path="/proc/sys/user/max_user_namespaces") from None
+
     @staticmethod
     def _write(pid: int, name: str, text: str) -> None:
         fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)

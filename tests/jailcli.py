@@ -1,0 +1,143 @@
+"""Run `hivejail exec` for real, as root or as an unprivileged user the suite creates.
+
+Root mode runs the CLI as this (root) process's child; rootless mode runs it
+through setpriv as the user ``hjtest`` with a copy of the package the user can
+read and Debian's Python venv (root's pyenv Python is in a 0700 folder).
+Every run gets its own world-readable scratch folder under /tmp (pytest's
+tmp_path is 0700, unreadable for the test user): in/ (mounted read-only at
+/job/in), out/ (mounted rw at /job/out), policy.yml, result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_USER = "hjtest"
+VENV_PYTHON = os.environ.get("HIVEJAIL_TEST_PYTHON", "/opt/hivejail/venv/bin/python")
+USR_LINKS = "  symlinks: {/bin: usr/bin, /lib: usr/lib, /lib64: usr/lib64, /sbin: usr/sbin}\n"
+
+
+@dataclass
+class Run:
+    result: dict[str, Any]
+    stdout: str
+    stderr: str
+    returncode: int
+    workdir: Path
+
+    @property
+    def kv(self) -> dict[str, str]:
+        out = {}
+        for line in self.stdout.splitlines():
+            if "=" in line:
+                k, v = line.split("=", 1)
+                out[k.strip()] = v.strip()
+        return out
+
+
+def ensure_test_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", TEST_USER],
+                       check=True, capture_output=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+def remove_test_user() -> None:
+    subprocess.run(["userdel", TEST_USER], capture_output=True)
+    subprocess.run(["groupdel", TEST_USER], capture_output=True)
+
+
+class Runner:
+    """Runs payloads through the real CLI in one mode ("root" or "rootless")."""
+
+    def __init__(self, mode: str, pkg_dir: Path | None = None) -> None:
+        self.mode = mode
+        self.pkg_dir = pkg_dir or ROOT
+        self.user = pwd.getpwnam(TEST_USER) if mode == "rootless" else None
+        self.dirs: list[Path] = []
+
+    def scratch(self) -> Path:
+        d = Path(tempfile.mkdtemp(prefix="hjtest-"))
+        os.chmod(d, 0o755)
+        self.dirs.append(d)
+        return d
+
+    def close(self) -> None:
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+    def policy_text(self, work: Path, extra: str = "", mounts: str = "") -> str:
+        text = ("version: 1\nname: test\nfilesystem:\n  mounts:\n"
+                "    - {source: /usr, target: /usr}\n"
+                f"    - {{source: {work}/in, target: /job/in}}\n"
+                f"    - {{source: {work}/out, target: /job/out, mode: rw}}\n")
+        for line in textwrap.dedent(mounts).strip().splitlines():
+            text += f"    {line}\n"
+        text += USR_LINKS
+        extra = textwrap.dedent(extra)
+        if "audit:" not in extra:
+            text += "audit: {dir: null}\n"
+        if "limits:" not in extra:
+            text += "limits: {require_cgroups: false}\n" if self.mode == "rootless" else ""
+        return text + extra
+
+    def run(self, code: str | None = None, *, argv: list[str] | None = None, extra: str = "",
+            mounts: str = "", files: dict[str, str] | None = None, stdin: Any = None,
+            pass_fds: tuple[int, ...] = (), env: dict[str, str] | None = None,
+            timeout: float = 120, cli_args: list[str] | None = None, in_mode: int = 0o755) -> Run:
+        work = self.scratch()
+        (work / "in").mkdir()
+        (work / "out").mkdir()
+        if self.user:
+            os.chown(work / "out", self.user.pw_uid, self.user.pw_gid)
+        else:
+            os.chmod(work / "out", 0o777)
+        if code is not None:
+            (work / "in" / "payload.py").write_text(textwrap.dedent(code))
+        for name, text in (files or {}).items():
+            (work / "in" / name).write_text(textwrap.dedent(text))
+        for p in (work / "in").iterdir():
+            os.chmod(p, 0o755)
+        os.chmod(work / "in", in_mode)
+        (work / "policy.yml").write_text(self.policy_text(work, extra, mounts))
+        cmd = argv or ["/usr/bin/python3", "/job/in/payload.py"]
+        cli = [VENV_PYTHON, "-m", "jail.cli", "exec", "--policy", str(work / "policy.yml"),
+               "--result-file", str(work / "out-result.json"), *(cli_args or []), "--", *cmd]
+        run_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.pkg_dir),
+                   "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        if self.user:
+            os.chown(work, self.user.pw_uid, self.user.pw_gid)
+            cli = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",
+                   "--clear-groups", "--reset-env", "env", *[f"{k}={v}" for k, v in run_env.items()],
+                   *cli]
+        proc = subprocess.run(cli, env=run_env, stdin=stdin, capture_output=True, text=True,
+                              timeout=timeout, pass_fds=pass_fds, cwd=str(work))
+        rfile = work / "out-result.json"
+        result = json.loads(rfile.read_text()) if rfile.exists() else {}
+        return Run(result, proc.stdout, proc.stderr, proc.returncode, work)
+
+
+def package_copy() -> Path:
+    """A copy of the package the unprivileged test user can read."""
+    d = Path(tempfile.mkdtemp(prefix="hjtest-pkg-"))
+    for pkg in ("jail", "cgroups"):
+        if (ROOT / pkg).exists():
+            shutil.copytree(ROOT / pkg, d / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, dirnames, filenames in os.walk(d):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    return d
