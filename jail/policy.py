@@ -195,9 +195,11 @@ class _Doc:
     def __init__(self, filename: str) -> None:
         self.filename = filename
         self.marks: dict[str, tuple[int, int]] = {}
+        self.key_marks: dict[str, tuple[int, int]] = {}
 
-    def error(self, path: str, message: str) -> PolicyError:
-        line, col = self._nearest_mark(path)
+    def error(self, path: str, message: str, at_key: bool = False) -> PolicyError:
+        line, col = self.key_marks[path] if at_key and path in self.key_marks \
+            else self._nearest_mark(path)
         where = path or "(top level)"
         return PolicyError(f"{self.filename}:{line}:{col}: {where}: {message}")
 
@@ -223,6 +225,7 @@ class _Doc:
                     self.marks[sub] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                     raise self.error(sub, "duplicate key")
                 self.marks[sub] = (value_node.start_mark.line + 1, value_node.start_mark.column + 1)
+                self.key_marks[sub] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
                 out[key] = self.convert(value_node, sub)
             return out
         if isinstance(node, yaml.SequenceNode):
@@ -256,7 +259,8 @@ class _Reader:
         for key in self.data:
             if key not in self.seen:
                 known = ", ".join(sorted(self.seen))
-                raise self.doc.error(self.sub(key), f"unknown key (known here: {known})")
+                raise self.doc.error(self.sub(key), f"unknown key (known here: {known})",
+                                     at_key=True)
 
 
 def _kind(v: Any) -> str:
