@@ -207,7 +207,9 @@ def _bind(root: int, source_fd: int, target: str, attrs: int) -> None:
             except FileExistsError:
                 pass
     except OSError as e:
-        raise _fail("create mount point", e, target) from None
+        raise _fail("create mount point", e, target,
+                    fix="a mount target must lie in a writable place of the new root,"
+                    " not inside a read-only mount") from None
     finally:
         os.close(parent)
     try:
