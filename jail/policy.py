@@ -97,7 +97,7 @@ class SeccompDeny:
 
 @dataclass(frozen=True)
 class Seccomp:
-    profile: str = "default"                 # default | strict
+    profile: str = "default"                 # default | strict | none (no filter: warned)
     on_violation: str = "kill"               # kill | errno | log
     allow: tuple[str, ...] = ()
     deny: tuple[SeccompDeny, ...] = ()
@@ -572,7 +572,7 @@ def _allow(doc: _Doc, v: Any, p: str) -> Allow:
 
 def _seccomp(doc: _Doc, v: Any, p: str) -> Seccomp:
     r = _Reader(doc, v, p)
-    profile = r.get("profile", "default", _choice(doc, "default", "strict"))
+    profile = r.get("profile", "default", _choice(doc, "default", "strict", "none"))
     on_violation = r.get("on_violation", "kill", _choice(doc, "kill", "errno", "log"))
     allow = r.get("allow", (), lambda x, q: tuple(
         _syscall_name(doc, s, f"{q}[{i}]") for i, s in enumerate(_list(doc, x, q))))
@@ -609,6 +609,10 @@ def _deny(doc: _Doc, v: Any, p: str) -> SeccompDeny:
 
 
 def _landlock(doc: _Doc, v: Any, p: str) -> Landlock:
+    if v is False:                       # YAML 1.1 reads `off` as false
+        return Landlock("off")
+    if v is True:
+        raise doc.error(p, "ambiguous: write auto or require")
     if isinstance(v, str):
         return Landlock(_choice(doc, "auto", "require", "off")(v, p))
     r = _Reader(doc, v, p)

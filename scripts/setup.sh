@@ -9,12 +9,13 @@ venv=${HIVEJAIL_VENV:-/opt/hivejail/venv}
 
 debs=(nftables uidmap bubblewrap hyperfine jq nodejs iproute2 libseccomp2 python3-venv
       qemu-system-x86 busybox-static kmod cpio e2fsprogs util-linux procps)
+export DEBIAN_FRONTEND=noninteractive
+# Always refresh the lists: the VM suite downloads Debian's current kernel package.
+apt-get update -qq
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 

@@ -24,6 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 TEST_USER = "hjtest"
 VENV_PYTHON = os.environ.get("HIVEJAIL_TEST_PYTHON", "/opt/hivejail/venv/bin/python")
+# Python under QEMU's software emulation runs ~20x slower: wall-clock bounds scale.
+SLOW = 10.0 if os.environ.get("HIVEJAIL_VM") == "1" else 1.0
 USR_LINKS = "  symlinks: {/bin: usr/bin, /lib: usr/lib, /lib64: usr/lib64, /sbin: usr/sbin}\n"
 
 
@@ -63,8 +65,12 @@ def remove_test_user() -> None:
 class Runner:
     """Runs payloads through the real CLI in one mode ("root" or "rootless")."""
 
-    def __init__(self, mode: str, pkg_dir: Path | None = None) -> None:
+    def __init__(self, mode: str, pkg_dir: Path | None = None, layers: str = "all") -> None:
+        """layers: "all" = the whole jail (seccomp in errno mode, so a payload can
+        report every refused call); "core" = namespaces, mounts, ids and
+        capabilities alone (no seccomp, no Landlock), to prove they hold by themselves."""
         self.mode = mode
+        self.layers = layers
         self.pkg_dir = pkg_dir or ROOT
         self.user = pwd.getpwnam(TEST_USER) if mode == "rootless" else None
         self.dirs: list[Path] = []
@@ -90,6 +96,9 @@ class Runner:
         extra = textwrap.dedent(extra)
         if "audit:" not in extra:
             text += "audit: {dir: null}\n"
+        if "seccomp:" not in extra:
+            text += ("seccomp: {profile: none}\nlandlock: off\n" if self.layers == "core"
+                     else "seccomp: {on_violation: errno}\n")
         if "limits:" not in extra:
             text += "limits: {require_cgroups: false}\n" if self.mode == "rootless" else ""
         return text + extra

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from jailcli import TEST_USER, VENV_PYTHON, Runner, ensure_test_user, package_copy, remove_test_user
+from jailcli import SLOW, TEST_USER, VENV_PYTHON, Runner, ensure_test_user, package_copy, remove_test_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
 
@@ -38,12 +38,15 @@ def rootless_env():
     remove_test_user()
 
 
-@pytest.fixture(params=["root", "rootless"])
+@pytest.fixture(params=["root-all", "root-core", "rootless-all", "rootless-core"])
 def runner(request):
-    if request.param == "rootless":
-        r = Runner("rootless", request.getfixturevalue("rootless_env"))
+    """Every attack runs against the whole jail, and against the core layers alone
+    (no seccomp, no Landlock) so each core protection is shown to hold by itself."""
+    mode, layers = request.param.split("-")
+    if mode == "rootless":
+        r = Runner("rootless", request.getfixturevalue("rootless_env"), layers)
     else:
-        r = Runner("root")
+        r = Runner("root", layers=layers)
     yield r
     r.close()
 
@@ -365,13 +368,13 @@ def test_jail_dies_with_supervisor():
                                  str(work / "policy.yml"), "--", "/bin/bash", "-c",
                                  f"exec -a {marker} sleep 300"],
                                 env={"PYTHONPATH": str(r.pkg_dir), "PATH": "/usr/bin:/bin"})
-        deadline = time.time() + 10
+        deadline = time.time() + 10 * SLOW
         while time.time() < deadline and not _pids_named(marker):
             time.sleep(0.05)
         assert _pids_named(marker), "the payload never started"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        deadline = time.time() + 5
+        deadline = time.time() + 5 * SLOW
         while time.time() < deadline and _pids_named(marker):
             time.sleep(0.05)
         assert not _pids_named(marker), "the payload outlived its supervisor"
@@ -394,8 +397,9 @@ def _pids_named(marker: str) -> list[int]:
 
 def test_stray_background_processes_do_not_outlive_the_run(runner):
     marker = f"hjtest-stray-{secrets.token_hex(4)}"
-    run = runner.run(argv=["/bin/bash", "-c", f"(exec -a {marker} sleep 300) & sleep 0.3; "
-                           "ps -eo args | grep -c ^" + marker])
+    run = runner.run(argv=["/bin/bash", "-c", f"(exec -a {marker} sleep 300) & "
+                           "for i in $(seq 100); do ps -eo args | grep -q ^" + marker
+                           + " && break; sleep 0.05; done; ps -eo args | grep -c ^" + marker])
     ok(run)
     assert run.stdout.strip() == "1", run.stdout      # it was running inside the jail
     time.sleep(0.2)
