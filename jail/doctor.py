@@ -97,6 +97,24 @@ def _optional(module: str, fn: str = "describe") -> dict[str, Any]:
         return {"ok": False, "detail": f"check failed: {e}"}
 
 
+def check_audit() -> dict[str, Any]:
+    """The default audit folder: initialised? append-only flags honoured?"""
+    from .policy import default_audit_dir
+    folder = default_audit_dir()
+    try:
+        from .audit import status
+        st = status(folder)
+    except Exception as e:  # noqa: BLE001
+        return {"ok": False, "dir": folder, "detail": f"cannot inspect: {e}"}
+    if not st.get("initialised"):
+        return {"ok": False, "dir": folder, "detail": "no audit log yet",
+                "fix": f"hivejail audit init --dir {folder} (keep the printed verifier key elsewhere)"}
+    flags = st.get("append_only", {})
+    return {"ok": not st.get("problems"), "dir": folder, "size": st.get("size"),
+            "append_only": flags, "key_mode": st.get("key_mode"),
+            "detail": "; ".join(st.get("problems") or []) or "initialised"}
+
+
 def collect() -> dict[str, Any]:
     return {
         "euid": os.geteuid(),
@@ -107,7 +125,7 @@ def collect() -> dict[str, Any]:
         "seccomp": check_seccomp(),
         "landlock": _optional("jail.landlock"),
         "network": _optional("jail.netallow"),
-        "audit": _optional("jail.audit"),
+        "audit": check_audit(),
     }
 
 

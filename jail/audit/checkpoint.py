@@ -16,10 +16,10 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .merkle import HASH_SIZE
-from .note import NoteError, Signer, Verifier, open_note, sign
+from .note import NoteError, Signer, Verifier, open_note, sign, split_note
 
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 
@@ -28,8 +28,7 @@ class CheckpointError(ValueError):
     """A checkpoint is malformed or not signed by the expected key."""
 
 
-@dataclass(frozen=True)
-class Checkpoint:
+class Checkpoint(NamedTuple):
     origin: str
     size: int
     root: bytes
@@ -87,32 +86,38 @@ def open_checkpoint(note: bytes, verifier: Verifier) -> Checkpoint:
     return cp
 
 
+def read_checkpoint(note: bytes) -> Checkpoint:
+    """Parse a signed checkpoint WITHOUT verifying its signature; only for
+    comparing it with the tree (callers that trust it use open_checkpoint)."""
+    try:
+        text, _ = split_note(note)
+    except NoteError as e:
+        raise CheckpointError(str(e)) from None
+    return parse_text(text)
+
+
 def history_line(note: bytes) -> bytes:
     """One `checkpoints.jsonl` line (without newline) holding `note` verbatim."""
     return json.dumps({"note": note.decode("utf-8")}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _no_dupes(pairs: list) -> dict:
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise CheckpointError(f"duplicate key {k!r}")
-        d[k] = v
-    return d
+_DECODER = json.JSONDecoder()
 
 
 def parse_history_line(line: bytes) -> bytes:
-    """The note stored in one `checkpoints.jsonl` line; strict: exactly {"note": str}."""
+    """The note stored in one `checkpoints.jsonl` line; strict: exactly
+    {"note": str} in our compact encoding (a duplicate key or any other
+    encoding fails the byte-for-byte comparison)."""
     try:
-        obj = json.loads(line.decode("utf-8"), object_pairs_hook=_no_dupes)
+        obj = _DECODER.decode(line.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"not a JSON line: {e}") from None
-    if not isinstance(obj, dict) or set(obj) != {"note"} or not isinstance(obj["note"], str):
+    if type(obj) is not dict or len(obj) != 1 or type(obj.get("note")) is not str:
         raise CheckpointError('expected {"note": "<signed checkpoint>"}')
     try:
         note = obj["note"].encode("utf-8")
     except UnicodeEncodeError:
         raise CheckpointError("note holds a lone surrogate") from None
     if history_line(note) != line:
-        raise CheckpointError("line is not in canonical form")
+        raise CheckpointError("line is not in canonical form (re-encoded, or a duplicate key)")
     return note

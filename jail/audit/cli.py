@@ -37,9 +37,27 @@ class _Parser(argparse.ArgumentParser):
         raise _Exit(status)
 
 
-def _parser() -> _Parser:
+class _Sub:
+    """add_subparsers wrapper that skips every command but `only` (building
+    all nine parsers costs milliseconds on every `prove`/`verify-proof`)."""
+
+    def __init__(self, sub: Any, only: Optional[str]) -> None:
+        self.sub, self.only = sub, only
+
+    def add_parser(self, name: str, **kw: Any) -> Any:
+        if self.only is not None and name != self.only:
+            return _Ignore()
+        return self.sub.add_parser(name, **kw)
+
+
+class _Ignore:
+    def add_argument(self, *a: Any, **kw: Any) -> None:
+        pass
+
+
+def _parser(only: Optional[str] = None) -> _Parser:
     p = _Parser(prog="hivejail audit", description="Tamper-evident audit log: a small transparency log.")
-    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
+    sub = _Sub(p.add_subparsers(dest="cmd", metavar="COMMAND", required=True), only)
 
     s = sub.add_parser("init", help="create the audit folder and its key pair; prints the verifier key")
     s.add_argument("--dir", required=True, metavar="D")
@@ -49,6 +67,8 @@ def _parser() -> _Parser:
     s.add_argument("--dir", required=True, metavar="D")
     s.add_argument("--vkey", required=True, metavar="KEY", help="verifier key, or a file holding it (not inside D)")
     s.add_argument("--trusted-checkpoint", metavar="FILE", help="a signed checkpoint kept outside D (e.g. witness state)")
+    s.add_argument("--all-signatures", action="store_true",
+                   help="check the signature of every stored checkpoint, not only those that carry information")
 
     s = sub.add_parser("show", help="print records (does not verify)")
     s.add_argument("--dir", required=True, metavar="D")
@@ -90,8 +110,10 @@ def _parser() -> _Parser:
 
 def main(argv: Sequence[str]) -> int:
     """Entry point for `hivejail audit ARGS`; returns the exit code."""
+    argv = list(argv)
+    only = argv[0] if argv and argv[0] in _COMMANDS else None
     try:
-        args = _parser().parse_args(list(argv))
+        args = _parser(only).parse_args(argv)
         return _COMMANDS[args.cmd](args)
     except _Exit as e:
         return e.status
@@ -146,8 +168,7 @@ def load_verifier(arg: str, log_dir: Optional[str] = None) -> Any:
             raise AuditError(f"--vkey: not a verifier key ({first}) and not a file") from None
     real = os.path.realpath(arg)
     if log_dir is not None:
-        folder = os.path.realpath(log_dir)
-        if os.path.commonpath([real, folder]) == folder:
+        if _inside(real, log_dir):
             raise AuditError(f"--vkey {arg}: refusing a verifier key from inside the log folder {log_dir}: keep the "
                              "key elsewhere (anyone who can write the folder could plant one)")
     try:
@@ -208,11 +229,10 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     verifier = load_verifier(args.vkey, args.dir)
     trusted = None
     if args.trusted_checkpoint:
-        if os.path.commonpath([os.path.realpath(args.trusted_checkpoint), os.path.realpath(args.dir)]) == \
-                os.path.realpath(args.dir):
+        if _inside(args.trusted_checkpoint, args.dir):
             return _err(f"--trusted-checkpoint {args.trusted_checkpoint}: it must be kept outside the log folder")
         trusted = _read_input(args.trusted_checkpoint)
-    rep = verify_log(args.dir, verifier, trusted)
+    rep = verify_log(args.dir, verifier, trusted, all_signatures=args.all_signatures)
     for w in rep.warnings:
         print(f"warning: {w}", file=sys.stderr)
     for e in rep.errors:
@@ -223,7 +243,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     latest = rep.latest
     anchor = " and the trusted checkpoint" if trusted is not None else " (no outside anchor: a cut of log and " \
                                                                        "checkpoints together would not show)"
-    print(f"ok: {rep.records} records, {rep.checkpoints} signed checkpoints, origin {rep.origin}; latest size "
+    print(f"ok: {rep.records} records, {rep.checkpoints} checkpoints agree with the log ({rep.signatures} "
+          f"signature(s) checked), origin {rep.origin}; latest size "
           f"{latest.size if latest else 0} root {latest.root_b64 if latest else '-'}; verified with "
           f"{verifier.name}+{verifier.key_id:08x}{anchor}")
     return OK
@@ -337,9 +358,16 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
     return OK
 
 
+def _inside(path: str, folder: str) -> bool:
+    folder = os.path.realpath(folder)
+    return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
 def _cmd_witness(args: argparse.Namespace) -> int:
     from .witness import witness
 
+    if args.dir and _inside(args.state, args.dir):
+        return _err(f"--state {args.state}: the witness state must be kept outside the log folder {args.dir}")
     verifier = load_verifier(args.vkey, args.dir)
     try:
         res = witness(args.state, verifier, _read_input(args.checkpoint), args.dir)

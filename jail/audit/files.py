@@ -9,9 +9,11 @@ Layout of an audit folder D (mode 0700, never mounted into a jail):
     tree, index        caches: stored Merkle hashes, end offset of each line
     lock               flock(2) target; holds the pid of the current writer
 
-Only log.jsonl and checkpoints.jsonl are evidence.  `tree` and `index` are
-derived, never trusted by `verify`, and are trimmed or rebuilt by the writer;
-`checkpoint` is replaced by rename, so it cannot carry the append-only flag.
+Only log.jsonl and checkpoints.jsonl are evidence (written with O_APPEND and
+fsynced).  `tree` and `index` are derived, never trusted by `verify`, and are
+trimmed or rebuilt by the writer; `checkpoint` is a convenience copy replaced
+by rename without fsync, so it cannot carry the append-only flag and may be
+stale or empty after a crash until the next append.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import array
 import errno
 import fcntl
 import os
-import random
 import time
 from typing import Optional
 
@@ -171,7 +172,7 @@ class FileLock:
                     raise AuditError(
                         f"could not lock {self.path} within {timeout_s:g}s (held by {holder}): another "
                         "hivejail run is appending or a writer hung; retry, or raise the lock timeout") from None
-                time.sleep(delay * (0.5 + random.random()))
+                time.sleep(delay * (0.5 + (time.monotonic_ns() % 1000) / 1000))  # jitter: no lockstep retries
                 delay = min(delay * 2, 0.02)
         try:
             os.ftruncate(fd, 0)

@@ -12,7 +12,7 @@ One append, under an exclusive flock on D/lock so concurrent runs serialise:
      the record is durable;
   4. append the new hashes/offset to the caches (no fsync: derived data);
   5. sign the checkpoint, append it to checkpoints.jsonl + fsync, then
-     replace D/checkpoint.
+     replace D/checkpoint (a convenience copy, renamed without fsync).
 A failure in 3 means the record is not durable; a failure in 4-5 means it is
 durable but unsigned.  Both raise AuditError (fail closed: the run is
 UNAUDITED); a later writer adopts the unsigned line in a recovery record.
@@ -39,7 +39,6 @@ import stat
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from . import AuditError
@@ -114,17 +113,18 @@ def _create(path: str, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-@dataclass
 class _State:
     """What the writer knows after loading, under the lock."""
 
-    size: int            # records covered by the last signed checkpoint
-    root: bytes
-    cr: CompactRange     # right edge of that tree
-    log_end: int         # byte offset where the covered records end
-    log_tail: bytes      # bytes of log.jsonl past log_end (crash leftovers)
-    cp_tail: bytes       # bytes of checkpoints.jsonl past its last newline
-    recovered: Optional[int] = None  # seq of the recovery record written while loading
+    def __init__(self, size: int, root: bytes, cr: CompactRange, log_end: int, log_tail: bytes,
+                 cp_tail: bytes) -> None:
+        self.size = size            # records covered by the last signed checkpoint
+        self.root = root
+        self.cr = cr                # right edge of that tree
+        self.log_end = log_end      # byte offset where the covered records end
+        self.log_tail = log_tail    # bytes of log.jsonl past log_end (crash leftovers)
+        self.cp_tail = cp_tail      # bytes of checkpoints.jsonl past its last newline
+        self.recovered: Optional[int] = None  # seq of the recovery record written while loading
 
 
 class AuditLog:
@@ -413,11 +413,13 @@ class AuditLog:
                 os.close(fd)
             if _fault:
                 _fault("checkpoint-appended")
+            # D/checkpoint is a convenience copy for witnesses: replaced by
+            # rename, not fsynced (checkpoints.jsonl is the durable record);
+            # after a crash it may be stale or empty until the next append.
             tmp = self.path(F.LATEST + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
                 F.write_all(fd, notes[-1])
-                os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, self.path(F.LATEST))

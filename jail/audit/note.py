@@ -18,12 +18,10 @@ import binascii
 import hashlib
 import re
 import struct
-from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, NamedTuple
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+if TYPE_CHECKING:  # imported on first use: `prove` and `show` never need cryptography
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 ALG_ED25519 = 0x01
 SIG_PREFIX = "\u2014 "  # em dash, space
@@ -35,9 +33,12 @@ class NoteError(ValueError):
     """A key or note is malformed, or a note does not verify."""
 
 
+_BAD_NAME = re.compile(r"[\s+]")
+
+
 def valid_name(name: str) -> bool:
     """Key names: non-empty, no Unicode spaces, no '+'."""
-    return bool(name) and "+" not in name and not any(c.isspace() for c in name)
+    return bool(name) and _BAD_NAME.search(name) is None
 
 
 def key_id(name: str, alg_and_key: bytes) -> int:
@@ -56,18 +57,22 @@ def _b64decode(text: str) -> bytes:
     return raw
 
 
-def _raw_public(pub: Ed25519PublicKey) -> bytes:
+def _raw_public(pub: "Ed25519PublicKey") -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-@dataclass(frozen=True)
 class Verifier:
     """A trusted public key for notes: its name, key id and Ed25519 key."""
 
-    name: str
-    key_id: int
-    public_key: Ed25519PublicKey = field(repr=False, compare=False)
-    raw: bytes = field(repr=False)
+    __slots__ = ("name", "key_id", "public_key", "raw")
+
+    def __init__(self, name: str, key_id: int, public_key: "Ed25519PublicKey", raw: bytes) -> None:
+        self.name, self.key_id, self.public_key, self.raw = name, key_id, public_key, raw
+
+    def __repr__(self) -> str:
+        return f"Verifier({self.vkey!r})"
 
     @property
     def vkey(self) -> str:
@@ -75,6 +80,8 @@ class Verifier:
         return f"{self.name}+{self.key_id:08x}+{blob}"
 
     def verify(self, msg: bytes, sig: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+
         try:
             self.public_key.verify(sig, msg)
             return True
@@ -82,14 +89,16 @@ class Verifier:
             return False
 
 
-@dataclass(frozen=True)
 class Signer:
-    """A private key that signs notes under `name`."""
+    """A private key that signs notes under `name` (repr never shows the key)."""
 
-    name: str
-    key_id: int
-    private_key: Ed25519PrivateKey = field(repr=False, compare=False)
-    seed: bytes = field(repr=False)
+    __slots__ = ("name", "key_id", "private_key", "seed")
+
+    def __init__(self, name: str, key_id: int, private_key: "Ed25519PrivateKey", seed: bytes) -> None:
+        self.name, self.key_id, self.private_key, self.seed = name, key_id, private_key, seed
+
+    def __repr__(self) -> str:
+        return f"Signer({self.name}+{self.key_id:08x})"
 
     @property
     def skey(self) -> str:
@@ -109,6 +118,8 @@ def signer_from_seed(name: str, seed: bytes) -> Signer:
         raise NoteError(f"invalid key name {name!r}: it must be non-empty, without spaces or '+'")
     if len(seed) != 32:
         raise NoteError("an Ed25519 seed has 32 bytes")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     priv = Ed25519PrivateKey.from_private_bytes(seed)
     pub = _raw_public(priv.public_key())
     return Signer(name, key_id(name, bytes([ALG_ED25519]) + pub), priv, seed)
@@ -116,6 +127,9 @@ def signer_from_seed(name: str, seed: bytes) -> Signer:
 
 def generate(name: str) -> Signer:
     """A fresh Ed25519 signer named `name`."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     priv = Ed25519PrivateKey.generate()
     seed = priv.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                               serialization.NoEncryption())
@@ -137,6 +151,8 @@ def parse_vkey(text: str) -> Verifier:
         raise NoteError(f"unknown verifier key algorithm {key[0]}")
     if len(key) != 33:
         raise NoteError("an Ed25519 verifier key has 32 bytes")
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         pub = Ed25519PublicKey.from_public_bytes(key[1:])
     except ValueError as e:
@@ -161,15 +177,13 @@ def parse_skey(text: str) -> Signer:
     return signer
 
 
-@dataclass
-class Signature:
+class Signature(NamedTuple):
     name: str
     key_id: int
     b64: str
 
 
-@dataclass
-class Note:
+class Note(NamedTuple):
     """An opened note: its text, the signatures that verified, and the unknown ones."""
 
     text: bytes
@@ -189,23 +203,23 @@ def sign(text: bytes, *signers: Signer) -> bytes:
     return text + b"\n" + "".join(lines).encode()
 
 
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f]")
+
+
 def _check_chars(msg: bytes) -> str:
     try:
         s = msg.decode("utf-8")
     except UnicodeDecodeError as e:
         raise NoteError(f"malformed note: not UTF-8 at byte {e.start}") from None
-    for i, c in enumerate(s):
-        if c < " " and c != "\n":
-            raise NoteError(f"malformed note: control character U+{ord(c):04X} at character {i}")
+    m = _CONTROL.search(s)
+    if m:
+        raise NoteError(f"malformed note: control character U+{ord(m.group()):04X} at character {m.start()}")
     return s
 
 
-def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:
-    """Parse and verify a signed note; at least one known key must have signed it.
-
-    Signatures from unknown keys are ignored (C2SP: a key is its name AND id);
-    a signature from a known key that fails makes the whole note invalid.
-    """
+def split_note(msg: bytes) -> tuple[bytes, list[tuple[str, int, str, bytes]]]:
+    """Structure of a signed note, unverified: its text and, per signature
+    line, (key name, key id, base64, signature bytes).  Raises NoteError."""
     _check_chars(msg)
     split = msg.rfind(b"\n\n")
     if split < 0:
@@ -213,12 +227,7 @@ def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:
     text, sigblock = msg[: split + 1], msg[split + 2:]
     if not sigblock or not sigblock.endswith(b"\n"):
         raise NoteError("malformed note: no signature lines, or no final newline")
-    known: dict[tuple[str, int], list[Verifier]] = {}
-    for v in verifiers:
-        known.setdefault((v.name, v.key_id), []).append(v)
-    note = Note(text, [], [])
-    seen: set[tuple[str, int]] = set()
-    seen_unverified: set[str] = set()
+    sigs = []
     for count, raw_line in enumerate(sigblock[:-1].split(b"\n"), 1):
         line = raw_line.decode()
         if count > MAX_SIGNATURES:
@@ -231,11 +240,28 @@ def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:
         sig = _b64decode(b64)
         if len(sig) < 5:
             raise NoteError(f"malformed note: signature line {count} is too short")
-        kid = struct.unpack(">I", sig[:4])[0]
+        sigs.append((name, struct.unpack(">I", sig[:4])[0], b64, sig[4:]))
+    return text, sigs
+
+
+def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:
+    """Parse and verify a signed note; at least one known key must have signed it.
+
+    Signatures from unknown keys are ignored (C2SP: a key is its name AND id);
+    a signature from a known key that fails makes the whole note invalid.
+    """
+    text, sigs = split_note(msg)
+    known: dict[tuple[str, int], list[Verifier]] = {}
+    for v in verifiers:
+        known.setdefault((v.name, v.key_id), []).append(v)
+    note = Note(text, [], [])
+    seen: set[tuple[str, int]] = set()
+    seen_unverified: set[tuple[str, int, str]] = set()
+    for name, kid, b64, sig in sigs:
         cands = known.get((name, kid))
         if not cands:
-            if line not in seen_unverified:
-                seen_unverified.add(line)
+            if (name, kid, b64) not in seen_unverified:
+                seen_unverified.add((name, kid, b64))
                 note.unverified.append(Signature(name, kid, b64))
             continue
         if len(cands) > 1:
@@ -243,7 +269,7 @@ def open_note(msg: bytes, verifiers: Iterable[Verifier]) -> Note:
         if (name, kid) in seen:
             continue
         seen.add((name, kid))
-        if not cands[0].verify(text, sig[4:]):
+        if not cands[0].verify(text, sig):
             raise NoteError(f"invalid signature for key {name}+{kid:08x}")
         note.sigs.append(Signature(name, kid, b64))
     if not note.sigs:

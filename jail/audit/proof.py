@@ -18,8 +18,7 @@ import base64
 import binascii
 import os
 import re
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from . import AuditError
 from . import files as F
@@ -35,8 +34,7 @@ MAX_HASHES = 63
 _INDEX = re.compile(r"index (0|[1-9][0-9]{0,18})")
 
 
-@dataclass
-class TlogProof:
+class TlogProof(NamedTuple):
     extra: Optional[bytes]
     index: int
     hashes: list[bytes]
@@ -174,7 +172,7 @@ def make_proof(folder: str, seq: int) -> bytes:
         view.close()
 
 
-def consistency_body(folder: str, old: int, new: Optional[int] = None) -> bytes:
+def consistency_body(folder: str, old: int) -> bytes:
     """A C2SP tlog-witness add-checkpoint body: `old M`, the RFC 6962 consistency
     proof from size M to the latest checkpoint, a blank line, the checkpoint."""
     view = LogView(folder)
@@ -190,8 +188,7 @@ def consistency_body(folder: str, old: int, new: Optional[int] = None) -> bytes:
         view.close()
 
 
-@dataclass
-class ProofResult:
+class ProofResult(NamedTuple):
     seq: int
     checkpoint: Checkpoint
     record: dict

@@ -175,47 +175,70 @@ def encode(record: dict) -> bytes:
     return rfc8785.dumps(record)
 
 
+class _Slow(Exception):
+    """A float or a large integer: compare with the rfc8785 package instead."""
+
+
+def _float_hook(s: str) -> float:
+    raise _Slow
+
+
+_RUNS = bytes(ord("D") if 48 <= i <= 57 else ord(" ") for i in range(256))
+_RUN16 = b"D" * 16
+
+
+def _may_exceed_safe_int(line: bytes) -> bool:
+    """Does a number token with 16+ digits that may exceed 2**53-1 occur?
+    (Microsecond times have 16 digits but start with 1: they stay fast.)"""
+    m = line.translate(_RUNS)
+    pos = m.find(_RUN16)
+    while pos >= 0:
+        end = pos + 16
+        while end < len(m) and m[end] == 68:
+            end += 1
+        before = line[pos - 2:pos - 1] if line[pos - 1:pos] == b"-" else line[pos - 1:pos]
+        if before in (b":", b",", b"[") and (end - pos > 16 or line[pos] == 57):
+            return True
+        pos = m.find(_RUN16, end)
+    return False
+
+
+def _no_constant(s: str) -> Any:
+    raise LineError(f"{s} is not JSON")
+
+
+_FAST = json.JSONDecoder(parse_float=_float_hook, parse_constant=_no_constant)
+_PLAIN = json.JSONDecoder(parse_constant=_no_constant)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _key_order_may_differ(line: bytes) -> bool:
+    """UTF-16 and code point order differ only between a non-BMP character
+    (UTF-8 lead byte F0-F4) and one in U+E000..U+FFFF (lead byte EE/EF)."""
+    return (not line.isascii() and any(b in line for b in (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4"))
+            and (b"\xee" in line or b"\xef" in line))
+
+
 def check_line(line: bytes) -> dict:
     """Parse a stored line strictly: UTF-8, one JSON object, no duplicate keys,
     and byte-identical to its RFC 8785 encoding.  Raises LineError.
 
-    Fast path: for objects with ASCII keys, no floats and small integers,
-    Python's sorted compact json.dumps is exactly JCS, so we compare against
-    that and only fall back to the (slower, pure Python) rfc8785 otherwise.
+    Fast path (C speed): when the line has no float, no integer beyond
+    2**53-1 and cannot hold keys whose UTF-16 order differs from code point
+    order, Python's sorted, compact, non-ASCII json encoding is exactly
+    RFC 8785, so the line must equal it.  Otherwise compare with the rfc8785
+    package.  A duplicate key never survives the round trip (json keeps the
+    last value), so it shows up as a mismatch, which is then diagnosed.
     """
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         raise LineError(f"not valid UTF-8 at byte {e.start}") from None
-    slow = False
-
-    def pairs(items: list) -> dict:
-        nonlocal slow
-        d: dict = {}
-        for k, v in items:
-            if k in d:
-                raise LineError(f"duplicate key {k!r}")
-            if not k.isascii():
-                slow = True
-            d[k] = v
-        return d
-
-    def pfloat(s: str) -> float:
-        nonlocal slow
-        slow = True
-        return float(s)
-
-    def pint(s: str) -> int:
-        nonlocal slow
-        if len(s) > 15:
-            slow = True
-        return int(s)
-
-    def pconst(s: str) -> Any:
-        raise LineError(f"{s} is not JSON")
-
     try:
-        obj = json.loads(text, object_pairs_hook=pairs, parse_float=pfloat, parse_int=pint, parse_constant=pconst)
+        try:
+            obj, slow = _FAST.decode(text), False
+        except _Slow:
+            obj, slow = _PLAIN.decode(text), True
     except json.JSONDecodeError as e:
         raise LineError(f"not JSON: {e.msg} at column {e.colno}") from None
     except RecursionError:
@@ -223,12 +246,28 @@ def check_line(line: bytes) -> dict:
     if not isinstance(obj, dict):
         raise LineError("not a JSON object")
     try:
-        if slow:
+        if slow or _may_exceed_safe_int(line) or _key_order_may_differ(line):
             canon = encode(obj)
         else:
-            canon = json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode("utf-8")
+            canon = _ENCODER.encode(obj).encode("utf-8")
     except (UnicodeEncodeError, ValueError, TypeError) as e:  # lone surrogates, out-of-domain numbers
         raise LineError(f"not canonicalisable: {e}") from None
     if canon != line:
+        _find_duplicate_key(text)
         raise LineError("not RFC 8785 canonical JSON (re-encoded, reordered or reformatted)")
     return obj
+
+
+def _find_duplicate_key(text: str) -> None:
+    def pairs(items: list) -> dict:
+        d: dict = {}
+        for k, v in items:
+            if k in d:
+                raise LineError(f"duplicate key {k!r}")
+            d[k] = v
+        return d
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (json.JSONDecodeError, RecursionError):
+        pass

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import re
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from . import AuditError
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
@@ -32,8 +30,7 @@ from .note import Verifier
 _OLD = re.compile(r"old (0|[1-9][0-9]{0,18})")
 
 
-@dataclass
-class WitnessResult:
+class WitnessResult(NamedTuple):
     accepted: bool
     message: str
     old: Optional[Checkpoint]
