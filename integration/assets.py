@@ -18,6 +18,7 @@ the module list change. Nothing but Debian packages is ever downloaded.
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
 import fcntl
 import gzip
@@ -25,9 +26,7 @@ import hashlib
 import io
 import json
 import lzma
-import bz2
 import os
-import zlib
 import re
 import shutil
 import stat
@@ -35,6 +34,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -402,6 +402,11 @@ def _load_manifest(d: Path) -> dict | None:
     return m
 
 
+def _newest_cached(cache: Path) -> Path | None:
+    cached = sorted((d for d in cache.glob("kernel-*") if _load_manifest(d)), key=lambda d: d.stat().st_mtime)
+    return cached[-1] if cached else None
+
+
 def ensure_assets(cache: Path | None = None, log=print) -> Assets:
     """Return the cached assets, building whatever is missing or stale."""
     cache = (cache or default_cache_dir()).resolve()
@@ -410,23 +415,32 @@ def ensure_assets(cache: Path | None = None, log=print) -> Assets:
     with _locked(cache):
         try:
             pkg, ver = kernel_package()
-        except SetupError as e:  # offline or no apt lists: fall back to the newest cached kernel
-            cached = sorted((d for d in cache.glob("kernel-*") if _load_manifest(d)),
-                            key=lambda d: d.stat().st_mtime)
-            if not cached:
+        except SetupError as e:  # no apt lists: fall back to the newest cached kernel
+            cached = _newest_cached(cache)
+            if cached is None:
                 raise
-            m = _load_manifest(cached[-1])
+            m = _load_manifest(cached)
             pkg, ver = m["package"], m["version"]
             log(f"assets: {e}; using the cached {pkg} {ver}")
         kdir = cache / f"kernel-{_safe(pkg)}_{_safe(ver)}"
         m = _load_manifest(kdir)
         if m is None or (m["package"], m["version"]) != (pkg, ver):
-            kdir = _build_kernel(cache, pkg, ver, log)
-            m = _load_manifest(kdir)
-            built = True
-            for old in cache.glob("kernel-*"):  # the kernel package changed: drop old ones
-                if old != kdir:
-                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                kdir = _build_kernel(cache, pkg, ver, log)
+            except SetupError as e:
+                cached = _newest_cached(cache)
+                if cached is None:
+                    raise
+                kdir = cached
+                m = _load_manifest(kdir)
+                pkg, ver = m["package"], m["version"]
+                log(f"assets: {e}; using the cached {pkg} {ver}")
+            else:
+                m = _load_manifest(kdir)
+                built = True
+                for old in cache.glob("kernel-*"):  # the kernel package changed: drop old ones
+                    if old != kdir:
+                        shutil.rmtree(old, ignore_errors=True)
         release = m["release"]
         modroot = kdir
         busybox = busybox_path()

@@ -12,7 +12,6 @@ S=/hivejail-share
 . "$S/guest.env"
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
-BB=/hivejail-busybox
 
 say() { echo "hivejail-vm: $*"; }
 
@@ -22,7 +21,7 @@ finish() {
     cd /
     umount "$HIVEJAIL_SCRATCH_DIR" 2>/dev/null
     sync
-    poweroff -f 2>/dev/null || "$HJ_BUSYBOX" poweroff -f
+    "$HJ_BUSYBOX" poweroff -f
     exit "$1"   # PID 1 exiting panics the kernel; with panic=-1 and -no-reboot QEMU exits
 }
 
@@ -43,14 +42,14 @@ ln -sf /proc/self/fd/1 /dev/stdout
 ln -sf /proc/self/fd/2 /dev/stderr
 
 # Fresh /tmp and /run, unless the repository, Python or the module tree lie there.
-for d in /tmp /run; do
+for dm in /tmp:1777 /run:0755; do
+    d=${dm%:*}
     if under "$d" "$HJ_REPO" "$HJ_PYTHON" "$HJ_MODULES"; then
-        say "keeping the host's $d (read-only under the overlay): the checkout lies there"
+        say "keeping the host's $d (under the overlay): the checkout lies there"
     else
-        mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$d"
+        mount -t tmpfs -o "mode=${dm#*:},nosuid,nodev" tmpfs "$d"
     fi
 done
-[ -d /run ] && chmod 0755 /run
 
 # The guest kernel's modules (the host's /lib/modules has none for it).
 mkdir -p "/lib/modules/$HJ_RELEASE"
@@ -90,7 +89,9 @@ export HIVEJAIL_SCRATCH_DEV HIVEJAIL_SCRATCH_DIR
 export PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 cd "$HJ_REPO" || { say "no repository at $HJ_REPO"; finish 3; }
 say "running: $HJ_CMD"
-/bin/sh -c "$HJ_CMD" </dev/null
-rc=$?
+# Through a pipe, so the command's output is a log's (no \r progress
+# redrawing on the console tty); dash has no pipefail, hence the rc file.
+{ /bin/sh -c "$HJ_CMD" </dev/null 2>&1; echo $? >/.hivejail-rc; } | cat
+rc=$(cat /.hivejail-rc 2>/dev/null || echo 125)
 say "command exited with status $rc"
 finish "$rc"
