@@ -11,6 +11,7 @@ Relative mount sources resolve against the policy file's folder.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -153,8 +154,9 @@ class Policy:
             return v
         return conv(self)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        """Computed once per policy object (frozen, so it cannot go stale)."""
         return policy_sha256(self)
 
 

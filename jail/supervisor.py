@@ -14,7 +14,7 @@ import time
 import uuid
 from typing import Any, Callable, Sequence
 
-from . import ipc, stages
+from . import ipc, libc, stages
 from .ipc import SetupError, UnexpectedMessage
 from .policy import Policy
 from .result import EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND, EXIT_SETUP, Result
@@ -114,7 +114,7 @@ class _Run:
         ctx = self.ctx
         sup, child = ipc.channel()
         me = os.getpid()
-        pid = os.fork()
+        pid = self._fork()
         if pid == 0:
             sup.close()
             stages.intermediate(ctx, self.steps, child, me)
@@ -128,6 +128,18 @@ class _Run:
         ctx.init_pid = ipc.expect(sup, "init")["pid"]
         ipc.expect(sup, "exec_ok")
         ctx.layers.setdefault("namespaces", ["user", "mnt", "net", "ipc", "uts", "cgroup", "pid"])
+
+    def _fork(self) -> int:
+        """Fork the intermediate, straight into the run's v2 cgroup where there is one."""
+        import threading
+        into = self.ctx.extra.get("cgroup_clone_into")
+        if into and threading.active_count() == 1:
+            self.ctx.extra["cgroup_born_in"] = into
+            try:
+                return libc.fork_into_cgroup(into)
+            except OSError:
+                self.ctx.extra.pop("cgroup_born_in", None)   # the step joins it instead
+        return os.fork()
 
     def terminate(self, status: str, reason: str) -> None:
         """A supervisor decision (timeout, cpu_limit, …): first reason wins, then kill."""
