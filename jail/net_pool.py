@@ -224,7 +224,7 @@ def leases(run_dir: str = RUN_DIR) -> list[dict[str, Any]]:
     out = []
     try:
         names = sorted(os.listdir(run_dir))
-    except FileNotFoundError:
+    except OSError:              # none yet, or not root
         return []
     for fn in names:
         if fn.startswith(LEASE_PREFIX):
@@ -289,32 +289,42 @@ def _save_state(run_dir: str, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def enable_forwarding(lease: str, uplinks: list[tuple[int, str]], run_dir: str = RUN_DIR) -> list[str]:
+def enable_forwarding(lease: str, uplinks: list[tuple[int, str]],
+                      install: Callable[[list[tuple[int, str]]], None] | None = None,
+                      run_dir: str = RUN_DIR) -> list[tuple[int, str]]:
     """Turn forwarding on for (family, ifname) uplinks on behalf of a lease.
 
-    Returns the uplinks (names) that hivejail switched on (now or for an
-    earlier run still going): they get a guard rule so that the host forwards
-    from them only into hivejail veths.  Interfaces that were already
-    forwarding (the host is a router anyway) are left alone.
+    Returns the (family, ifname) switches hivejail turns on (now or for an
+    earlier run still going): they need a guard rule so that the host
+    forwards that family from them only into hivejail veths.  ``install(guarded)`` runs
+    under the pool lock before any switch is flipped, so the guard is in
+    place first.  Interfaces that were already forwarding (the host is a
+    router anyway) are left alone.
     """
-    guarded = []
     with locked(run_dir):
         state = _load_state(run_dir)
+        flips: list[tuple[str, str]] = []
+        guarded: list[tuple[int, str]] = []
+        keys: list[str] = []
         for family, ifname in uplinks:
             key = f"ipv{family}/{ifname}"
             path = sysctl_path(family, ifname)
-            entry = state.get(key)
-            if entry is None:
+            if key not in state:
                 current = read_sysctl(path)
-                if current is None:
-                    continue                 # no such interface or no such switch
                 if current != "0":
-                    continue
-                write_sysctl(path, "1")
-                entry = state[key] = {"orig": current, "leases": []}
-            if lease not in entry["leases"]:
-                entry["leases"].append(lease)
-            guarded.append(ifname)
+                    continue                 # no such switch, or already forwarding: not ours
+                flips.append((key, path))
+            keys.append(key)
+            if (family, ifname) not in guarded:
+                guarded.append((family, ifname))
+        if install is not None:
+            install(guarded)
+        for key, path in flips:
+            write_sysctl(path, "1")
+            state[key] = {"orig": "0", "leases": []}
+        for key in keys:
+            if lease not in state[key]["leases"]:
+                state[key]["leases"].append(lease)
         _save_state(run_dir, state)
     return guarded
 

@@ -42,10 +42,11 @@ from . import net_pool
 from .ipc import SetupError
 from .net import NoNetwork
 from .net_nft import Dest, Nft, NftError
-from .steps import RunContext, Step
+from .steps import RunContext
 
 NETLINK_ROUTE = 0
 RTN_LOCAL = 2
+MAX_REFUSAL_ALERTS = 64      # one alert per destination up to this; the rest are summed
 
 
 def _err(op: str, e: BaseException, fix: str | None = None, stage: str = "supervisor") -> SetupError:
@@ -73,7 +74,7 @@ class AllowlistNetwork(NoNetwork):
         self.nsfd: int | None = None
         self.ipv6 = False            # the jail gets IPv6 addressing (refusals are then reported)
         self.ipv6_forward = False    # listed IPv6 destinations are reachable
-        self.veth_created = False
+        self.v6mode: str | None = None   # global | per-interface | None (net_pool)
         self.killed = False
 
     # ------------------------------------------------------------ prepare
@@ -88,8 +89,8 @@ class AllowlistNetwork(NoNetwork):
             self._prepare_rootless(ctx)
             return
         self.ipv6 = os.path.isdir("/proc/sys/net/ipv6/conf")
-        v6mode = net_pool.ipv6_forwarding_mode() if self.ipv6 else None
-        self.ipv6_forward = want6 and v6mode is not None
+        self.v6mode = net_pool.ipv6_forwarding_mode() if self.ipv6 else None
+        self.ipv6_forward = want6 and self.v6mode is not None
         if want6 and not self.ipv6_forward:
             ctx.alert("network_ipv6_unavailable", "warning",
                       detail="the allowlist names IPv6 destinations but this host cannot forward"
@@ -117,9 +118,10 @@ class AllowlistNetwork(NoNetwork):
                                                   " jails to end") from None
         lease = self.lease
         uplinks = self._uplinks()
+        host_nft = self.host_nft
         try:
-            guarded = net_pool.enable_forwarding(lease.name, uplinks)
-            self.host_nft.run(_host_rules(lease, self.dests, guarded, self.ipv6))
+            net_pool.enable_forwarding(lease.name, uplinks, lambda guarded: host_nft.run(
+                _host_rules(lease, self.dests, guarded, self.ipv6)))
         except (OSError, NftError) as e:
             raise _err("install the host forward filter", e) from None
         ctx.layers["network"] = {
@@ -170,30 +172,55 @@ class AllowlistNetwork(NoNetwork):
             delete_table(self.host_nft, host_table_name(name))
 
     def _uplinks(self) -> list[tuple[int, str]]:
-        """(family, interface) the host routes each allowed destination through."""
+        """(family, interface) the host routes allowed destinations through.
+
+        For a single address, the route the host would use; for a network
+        also every route that covers part of it (a CIDR may span several
+        interfaces).  Local addresses of the host need no forwarding.
+        """
         names: dict[int, str] = {}
         try:
             for link in self.ipr.get_links():
                 names[link["index"]] = link.get_attr("IFLA_IFNAME")
         except Exception:  # noqa: BLE001
             return []
+        routes: dict[int, list[tuple[Any, int]]] = {4: [], 6: []}
+        try:
+            for fam, v in ((socket.AF_INET, 4), (socket.AF_INET6, 6)):
+                if v == 6 and not self.ipv6_forward:
+                    continue
+                for r in self.ipr.get_routes(family=fam, table=254):
+                    dst, plen, oif = r.get_attr("RTA_DST"), r["dst_len"], r.get_attr("RTA_OIF")
+                    if dst and plen and oif and r["type"] != RTN_LOCAL:
+                        routes[v].append((ipaddress.ip_network(f"{dst}/{plen}", strict=False), oif))
+        except Exception:  # noqa: BLE001 - then only the per-address lookups below count
+            pass
         out: list[tuple[int, str]] = []
+
+        def add(v: int, oif: Any) -> None:
+            ifname = names.get(oif)
+            if v == 6 and self.v6mode != "per-interface":
+                return                   # the host forwards IPv6 globally already
+            if ifname and ifname != "lo" and (v, ifname) not in out:
+                out.append((v, ifname))
         for d in self.dests:
             if d.version == 6 and not self.ipv6_forward:
                 continue
-            probe = d.net.network_address
-            if d.net.prefixlen < d.net.max_prefixlen - 1:
-                probe = probe + 1
-            try:
-                routes = self.ipr.route("get", dst=str(probe))
-            except Exception:  # noqa: BLE001 - unreachable from the host: nothing to switch on
-                continue
-            for r in routes:
-                if r["type"] == RTN_LOCAL:
+            probes = [d.net.network_address]
+            if d.net.num_addresses > 2:
+                probes = [d.net.network_address + 1, d.net.broadcast_address - 1]
+            for probe in probes:
+                try:
+                    found = self.ipr.route("get", dst=str(probe))
+                except Exception:  # noqa: BLE001 - unreachable from the host
                     continue
-                ifname = names.get(r.get_attr("RTA_OIF"))
-                if ifname and ifname != "lo" and (d.version, ifname) not in out:
-                    out.append((d.version, ifname))
+                for r in found:
+                    if r["type"] != RTN_LOCAL:
+                        add(d.version, r.get_attr("RTA_OIF"))
+            if d.net.num_addresses > 1:
+                for net, oif in routes[d.version]:
+                    if net.overlaps(d.net):
+                        add(d.version, oif)
         return out
 
     # ------------------------------------------------------------ in the children
@@ -210,8 +237,9 @@ class AllowlistNetwork(NoNetwork):
         try:
             self.nsfd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             self.jail_nft = Nft(self.nsfd)
-            from .net_nft import jail_ruleset
+            from .net_nft import jail_ruleset, verify_jail_filter
             self.jail_nft.run(jail_ruleset(self.dests))
+            verify_jail_filter(self.jail_nft)
         except (OSError, NftError) as e:
             raise _err("install the egress filter in the jail's network namespace", e) from None
         try:
@@ -224,18 +252,17 @@ class AllowlistNetwork(NoNetwork):
     def _links(self, lease: net_pool.Lease) -> None:
         from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-        from .net_nft import in_netns
+        from .net_nft import VETH_GROUP, in_netns
         ipr, h, j = self.ipr, lease.veth_host, lease.veth_jail
         ipr.link("add", ifname=h, kind="veth", peer={"ifname": j, "net_ns_fd": self.nsfd})
-        self.veth_created = True
         idx = ipr.link_lookup(ifname=h)[0]
         net_pool.write_sysctl(net_pool.sysctl_path(4, h), "1")
-        if self.ipv6_forward and net_pool.ipv6_forwarding_mode() == "per-interface":
+        if self.ipv6_forward and self.v6mode == "per-interface":
             net_pool.write_sysctl(net_pool.sysctl_path(6, h), "1")
         ipr.addr("add", index=idx, address=lease.host4, prefixlen=30)
         if self.ipv6:
             ipr.addr("add", index=idx, address=lease.host6, prefixlen=126, flags=IFA_F_NODAD)
-        ipr.link("set", index=idx, state="up")
+        ipr.link("set", index=idx, state="up", group=VETH_GROUP)
         sock = in_netns(self.nsfd, lambda: socket.socket(
             socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, NETLINK_ROUTE))
         from pyroute2 import IPRoute
@@ -278,36 +305,44 @@ class AllowlistNetwork(NoNetwork):
         if self.jail_nft is None:
             return
         from .net_nft import escaped_total, refusals, refused_total
+        if self.host_nft is not None and self.lease is not None:
+            try:
+                escaped = escaped_total(self.host_nft, self.lease.table)
+            except NftError as e:
+                escaped = 0
+                ctx.alert("network_monitor_failed", "high", detail=f"host counters unreadable: {e}")
+            if escaped:
+                ctx.alert("network_filter_bypass", "critical", count=escaped,
+                          detail="packets from the jail passed (or went around) its own egress"
+                                 " filter and were dropped by the host's forward filter")
         try:
             total = refused_total(self.jail_nft)
             found = refusals(self.jail_nft)
         except NftError as e:
             ctx.alert("network_monitor_failed", "high", detail=f"refusal counters unreadable: {e}")
             return
-        for r in found:
+        for r in found[:MAX_REFUSAL_ALERTS]:
             ctx.alert("network_refused", "high", address=r["address"], port=r["port"],
                       protocol=r["protocol"], count=r["count"])
-        rest = total - sum(r["count"] for r in found)
+        rest = total - sum(r["count"] for r in found[:MAX_REFUSAL_ALERTS])
         if rest > 0:
             ctx.alert("network_refused", "high", address=None, port=None, protocol=None, count=rest,
-                      detail="more refused destinations than the filter tracks")
+                      detail=f"refused packets to {max(len(found) - MAX_REFUSAL_ALERTS, 0)} more"
+                             " destinations (or more than the filter tracks)")
         if total and ctx.policy.network.on_violation == "kill":
             what = _describe_refusal(found[0]) if found else "a destination"
             result.fix("network_violation", f"the payload sent a packet {what}, which is not on"
                                             " network.allow")
-        if self.host_nft is not None and self.lease is not None:
-            try:
-                escaped = escaped_total(self.host_nft, self.lease.table)
-            except NftError:
-                escaped = 0
-            if escaped:
-                ctx.alert("network_filter_bypass", "critical", count=escaped,
-                          detail="packets from the jail passed its own egress filter but not the"
-                                 " host's forward filter")
 
     # ------------------------------------------------------------ cleanup
 
     def cleanup(self, ctx: RunContext) -> None:
+        """Delete the veth and the host table, switch forwarding back, give the lease back.
+
+        Each deletion waits for an RCU grace period in the kernel (~10-25 ms);
+        the veth goes first, while this supervisor still holds the jail's
+        namespace, so that no lease is given back with its veth still present.
+        """
         errors: list[str] = []
         lease = self.lease
         if lease is not None and self.ipr is not None:
@@ -348,7 +383,8 @@ class AllowlistNetwork(NoNetwork):
             raise RuntimeError("; ".join(errors))
 
 
-def _host_rules(lease: net_pool.Lease, dests: list[Dest], guarded: list[str], ipv6: bool) -> list[dict[str, Any]]:
+def _host_rules(lease: net_pool.Lease, dests: list[Dest], guarded: list[tuple[int, str]],
+                ipv6: bool) -> list[dict[str, Any]]:
     from .net_nft import host_ruleset
     return host_ruleset(lease.table, lease.veth_host, lease.jail4, lease.jail6 if ipv6 else None,
                         dests, guarded)
@@ -361,7 +397,11 @@ def rootless_tools() -> list[str]:
 
 
 def describe() -> dict[str, Any]:
-    """What `hivejail doctor` reports about network isolation on this host."""
+    """What `hivejail doctor` reports about network isolation on this host.
+
+    ok/detail/fix follow doctor's convention: ok says whether
+    network.mode: allowlist can run for the calling user (mode none always can).
+    """
     from . import net_nft
     try:
         import importlib.metadata as md
@@ -369,21 +409,54 @@ def describe() -> dict[str, Any]:
     except Exception:  # noqa: BLE001
         pyroute2_version = None
     tools = {t: shutil.which(t) for t in ("slirp4netns", "pasta")}
-    root_ok = net_nft.available() and pyroute2_version is not None
+    lib = net_nft.available()
+    root_ok = lib and pyroute2_version is not None
+    rootless = os.geteuid() != 0
+    if not rootless:
+        ok = root_ok
+        detail = ("allowlist: veth + nftables egress filter in the jail's netns + host forward filter"
+                  if ok else "allowlist unavailable: " + ", ".join(
+                      x for x, y in (("libnftables missing", not lib),
+                                     ("pyroute2 missing", pyroute2_version is None)) if y))
+        fix = None if ok else "apt-get install nftables; pip install pyroute2"
+    else:
+        ok = False
+        found = [t for t, path in tools.items() if path]
+        detail = ("allowlist refused when rootless: " + (
+            "neither slirp4netns nor pasta is installed" if not found
+            else f"{found[0]} is installed but not driven yet")) + "; mode none works"
+        fix = "install slirp4netns or passt (Debian packages), or run as root"
+    v6 = net_pool.ipv6_forwarding_mode()
     return {
+        "ok": ok,
+        "detail": detail,
+        "fix": fix,
         "nft_version": net_nft.version(),
-        "libnftables": net_nft.available(),
+        "libnftables": lib,
         "pyroute2": pyroute2_version,
         "slirp4netns": tools["slirp4netns"],
         "pasta": tools["pasta"],
         "ip_forward": net_pool.read_sysctl("/proc/sys/net/ipv4/ip_forward"),
-        "ipv6_forwarding": net_pool.ipv6_forwarding_mode(),
-        "leases": net_pool.leases(),
-        "forwarding_switched_on": net_pool.forwarding_state(),
-        "allowlist_root": "ok" if root_ok else "needs libnftables (nftables) and pyroute2",
-        "allowlist_rootless": ("refused: install slirp4netns or passt" if not any(tools.values())
-                               else "refused: user-mode networking is not driven yet"),
+        "ipv6_forwarding": v6 or "unavailable (Linux < 6.17 and all.forwarding=0): IPv6"
+                                 " destinations are refused",
+        "leases": [x.get("network") for x in net_pool.leases()],
+        "forwarding_switched_on": sorted(net_pool.forwarding_state()),
+        "foreign_forward_drop": _foreign_forward_drop() if root_ok and not rootless else None,
     }
+
+
+def _foreign_forward_drop() -> list[str]:
+    """Forward-hook chains of other software with policy drop (e.g. Docker's iptables-nft
+    FORWARD): they drop allowlist traffic too unless they accept the hj* veths."""
+    from .net_nft import HOST_TABLE_PREFIX
+    try:
+        with Nft() as nft:
+            chains = [i["chain"] for i in nft.run("list chains") if "chain" in i]
+    except NftError:
+        return []
+    return [f"{c['family']} {c['table']} {c['name']}" for c in chains
+            if c.get("hook") == "forward" and c.get("policy") == "drop"
+            and not c["table"].startswith(HOST_TABLE_PREFIX)]
 
 
 def reap_stale() -> list[str]:
