@@ -1,4 +1,9 @@
-"""The payload's last walls: Landlock, then seccomp (always last before execve)."""
+"""The payload's last walls: Landlock, then seccomp (always last before execve).
+
+Both run in the payload after the Privileges step (ids, caps, no_new_privs):
+Landlock limits paths and TCP ports to the policy's view (jail/landlock.py),
+then the seccomp filter is loaded as the very last step (jail/seccomp.py).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ class NoSyscallFilter(Step):
 
 
 def sandbox_steps(policy: Policy) -> list[Step]:
+    from .landlock import Landlock
     if policy.seccomp.profile == "none":
-        return [NoSyscallFilter()]
+        return [Landlock(), NoSyscallFilter()]
     from .seccomp import Seccomp
-    return [Seccomp()]
+    return [Landlock(), Seccomp()]
