@@ -71,22 +71,6 @@ def check_idmaps() -> dict[str, Any]:
                        "write your rw folders)" if sub else "no subordinate ids (not needed)")}
 
 
-def check_seccomp() -> dict[str, Any]:
-    try:
-        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
-            actions = f.read().split()
-    except OSError as e:
-        return {"ok": False, "detail": f"no seccomp in this kernel ({e.strerror})",
-                "fix": "a kernel with CONFIG_SECCOMP_FILTER"}
-    try:
-        import pyseccomp  # noqa: F401
-        lib = "pyseccomp importable"
-    except Exception as e:  # noqa: BLE001
-        return {"ok": False, "actions": actions, "detail": f"pyseccomp: {e}",
-                "fix": "apt-get install libseccomp2; pip install pyseccomp"}
-    return {"ok": "kill_process" in actions, "actions": actions, "detail": lib}
-
-
 def _optional(module: str, fn: str = "describe") -> dict[str, Any]:
     import importlib
     try:
@@ -122,7 +106,7 @@ def collect() -> dict[str, Any]:
         "namespaces": check_namespaces(),
         "id_maps": check_idmaps(),
         "cgroups": _optional("cgroups"),
-        "seccomp": check_seccomp(),
+        "seccomp": _optional("jail.seccomp"),
         "landlock": _optional("jail.landlock"),
         "network": _optional("jail.netallow"),
         "audit": check_audit(),

@@ -62,6 +62,8 @@ class Privileges(Step):
 
     def prepare(self, ctx: RunContext) -> None:
         ctx.extra["env"] = build_environment(ctx, dict(os.environ))
+        ctx.layers["no_new_privs"] = True
+        ctx.layers["capabilities"] = "none (bounding, ambient, effective, permitted cleared)"
 
     def in_payload(self, ctx: RunContext) -> None:
         p = ctx.policy
@@ -100,7 +102,6 @@ class Privileges(Step):
             ctx.extra["exec_path"] = resolve_command(ctx.command[0], env)
         except OSError as e:
             raise SetupError.from_oserror("payload", "execve", e, path=ctx.command[0]) from None
-        ctx.layers["no_new_privs"] = True
 
 
 def _cloexec_all() -> None:

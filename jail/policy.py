@@ -581,7 +581,25 @@ def _seccomp(doc: _Doc, v: Any, p: str) -> Seccomp:
     deny = r.get("deny", (), lambda x, q: tuple(
         _deny(doc, d, f"{q}[{i}]") for i, d in enumerate(_list(doc, x, q))))
     r.done()
+    if allow or deny:
+        _check_syscall_names(doc, p, allow, deny)
     return Seccomp(profile, on_violation, allow, deny)
+
+
+def _check_syscall_names(doc: _Doc, p: str, allow: tuple[str, ...],
+                         deny: tuple[SeccompDeny, ...]) -> None:
+    """Names must be known to libseccomp; escape classes can never be allowed."""
+    from .seccomp import escape_classes, resolve_name
+    escapes = escape_classes()
+    for i, name in enumerate(allow):
+        if name in escapes:
+            raise doc.error(f"{p}.allow[{i}]", f"{name} belongs to the escape class "
+                                               f"'{escapes[name]}', which no policy may allow")
+        if resolve_name(name) < 0:
+            raise doc.error(f"{p}.allow[{i}]", f"libseccomp knows no syscall named {name!r}")
+    for i, d in enumerate(deny):
+        if resolve_name(d.syscall) < 0:
+            raise doc.error(f"{p}.deny[{i}]", f"libseccomp knows no syscall named {d.syscall!r}")
 
 
 def _syscall_name(doc: _Doc, v: Any, p: str) -> str:
