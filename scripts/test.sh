@@ -10,7 +10,7 @@ venv=${HIVEJAIL_VENV:-/opt/hivejail/venv}
 cd "$here"
 export PYTHONDONTWRITEBYTECODE=1
 echo "== host suite ($(uname -r))"
-"$venv/bin/python" -m pytest -p no:cacheprovider -rs -q tests "$@"
+"$venv/bin/python" -m pytest -p no:cacheprovider -rfEs -q tests "$@"
 if [ "${HIVEJAIL_SKIP_VM:-0}" = 1 ]; then
   echo "== VM suite skipped (HIVEJAIL_SKIP_VM=1)"
 else

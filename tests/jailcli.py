@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_USER = "hjtest"
+# One unprivileged user per test session (pytest process): concurrent sessions on
+# one machine must not delete each other's user. Children inherit the name.
+TEST_USER = os.environ.setdefault("HIVEJAIL_TEST_USER", f"hjtest{os.getpid()}")
 VENV_PYTHON = os.environ.get("HIVEJAIL_TEST_PYTHON", "/opt/hivejail/venv/bin/python")
 # Python under QEMU's software emulation runs ~20x slower: wall-clock bounds scale.
 SLOW = 10.0 if os.environ.get("HIVEJAIL_VM") == "1" else 1.0
@@ -47,10 +49,21 @@ class Run:
         return out
 
 
+def _remove_stale_test_users() -> None:
+    """Users hjtest<pid> of test sessions that died without cleaning up."""
+    import re
+    for entry in pwd.getpwall():
+        m = re.fullmatch(r"hjtest(\d+)", entry.pw_name)
+        if m and entry.pw_name != TEST_USER and not os.path.exists(f"/proc/{m.group(1)}"):
+            subprocess.run(["userdel", entry.pw_name], capture_output=True)
+            subprocess.run(["groupdel", entry.pw_name], capture_output=True)
+
+
 def ensure_test_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(TEST_USER)
     except KeyError:
+        _remove_stale_test_users()
         subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
                         "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", TEST_USER],
                        check=True, capture_output=True)

@@ -414,14 +414,21 @@ def test_policy_deny_with_kill(hostile):
 
 
 @pytest.mark.parametrize("entry,message", [
-    ("allow: [ptrace]", "escape class (ptrace)"),
-    ("allow: [ioctl]", "escape class (tty)"),
-    ("allow: [not_a_syscall]", "does not know syscall"),
-    ("deny: [execve]", "needed by the jail"),
+    ("allow: [ptrace]", "escape class 'ptrace'"),
+    ("allow: [ioctl]", "escape class 'tty'"),
+    ("allow: [not_a_syscall]", "knows no syscall named 'not_a_syscall'"),
 ])
-def test_policy_entries_the_jail_refuses(make_policy, run_jail, entry, message):
-    res = run_jail(make_policy(f"seccomp: {{{entry}}}\n"), ["/bin/true"])
-    assert res.status == "setup_error" and message in res.reason, res.reason
+def test_policy_entries_refused_at_load(make_policy, entry, message):
+    """Names the filter could never honour are policy errors, with FILE:LINE:COL."""
+    from jail.policy import PolicyError
+    with pytest.raises(PolicyError) as ei:
+        make_policy(f"seccomp: {{{entry}}}\n")
+    assert message in str(ei.value) and "seccomp.allow[0]" in str(ei.value), str(ei.value)
+
+
+def test_policy_entries_the_jail_refuses(make_policy, run_jail):
+    res = run_jail(make_policy("seccomp: {deny: [execve]}\n"), ["/bin/true"])
+    assert res.status == "setup_error" and "needed by the jail" in res.reason, res.reason
     assert res.exit_code == 125
 
 
@@ -549,7 +556,7 @@ def test_without_user_notification_the_kernel_kills(hostile, monkeypatch):
     that free a dead task's stack (this one) show -1 there, and the reason
     points to the kernel audit log instead.
     """
-    monkeypatch.setattr(S, "notify_supported", lambda: False)
+    monkeypatch.setattr(S.plan, "notify_supported", lambda: False)
     nr = S.resolve_name("unshare")
     res, out = hostile(syscall_payload(nr, ["0x10000000"]))
     assert "before" in out and "returned=" not in out
