@@ -24,8 +24,14 @@ Root mode, in the run's order:
   cleanup           delete the veth and the host table, switch forwarding
                     back, give the lease back.
 
-Rootless mode needs user-mode networking (slirp4netns or pasta) for
-connectivity; without either the run is refused (fail closed).
+Rootless mode (jail/net_rootless.py): the same egress filter, installed by
+a helper that joins the jail's user namespace and then its network
+namespace, and read through it at poll/finish; connectivity from
+slirp4netns (--disable-host-loopback, confined by no_new_privs + Landlock +
+its seccomp, DNS forwarder off unless listed), started after the filter and
+stopped in cleanup.  Without
+slirp4netns, a usable /dev/net/tun or libnftables the run is refused (fail
+closed).
 
 None of this is imported for network.mode: none (jail/net.py).
 """
@@ -76,6 +82,7 @@ class AllowlistNetwork(NoNetwork):
         self.ipv6_forward = False    # listed IPv6 destinations are reachable
         self.v6mode: str | None = None   # global | per-interface | None (net_pool)
         self.killed = False
+        self.slirp: Any = None           # net_rootless.SlirpNetwork in rootless mode
 
     # ------------------------------------------------------------ prepare
 
@@ -86,7 +93,8 @@ class AllowlistNetwork(NoNetwork):
         self.dests, self.names = net_resolve.destinations(net.allow, resolver)
         want6 = any(d.version == 6 for d in self.dests)
         if ctx.rootless:
-            self._prepare_rootless(ctx)
+            from .net_rootless import SlirpNetwork
+            self.slirp = SlirpNetwork.prepare(ctx, self.dests, self.names)
             return
         self.ipv6 = os.path.isdir("/proc/sys/net/ipv6/conf")
         self.v6mode = net_pool.ipv6_forwarding_mode() if self.ipv6 else None
@@ -132,16 +140,6 @@ class AllowlistNetwork(NoNetwork):
             "ipv6": self.ipv6_forward, "names": self.names,
             "on_violation": net.on_violation,
         }
-
-    def _prepare_rootless(self, ctx: RunContext) -> None:
-        tools = rootless_tools()
-        if not tools:
-            raise SetupError("supervisor", "network allowlist (rootless)",
-                             "no user-mode network helper: neither slirp4netns nor pasta is installed",
-                             fix="install slirp4netns or passt (Debian packages), or run as root")
-        raise SetupError("supervisor", "network allowlist (rootless)",
-                         f"{tools[0]} is installed but hivejail does not drive it yet",
-                         fix="run allowlist jails as root for now")
 
     def _in_use_checker(self) -> Any:
         """Networks the host already uses (routes, addresses) — the pool skips them."""
@@ -231,6 +229,9 @@ class AllowlistNetwork(NoNetwork):
     # ------------------------------------------------------------ from_parent
 
     def from_parent(self, ctx: RunContext, pid: int) -> None:
+        if self.slirp is not None:
+            self.jail_nft = self.slirp.start(ctx, pid)
+            return
         lease = self.lease
         if lease is None:
             return
@@ -283,6 +284,8 @@ class AllowlistNetwork(NoNetwork):
     # ------------------------------------------------------------ while running
 
     def poll(self, ctx: RunContext) -> None:
+        if self.slirp is not None:
+            self.slirp.poll(ctx)
         if self.killed or self.jail_nft is None or ctx.policy.network.on_violation != "kill":
             return
         from .net_nft import refusals, refused_total
@@ -302,6 +305,11 @@ class AllowlistNetwork(NoNetwork):
                                            " network.allow; the jail was killed")
 
     def finish(self, ctx: RunContext, result: Any) -> None:
+        if self.slirp is not None:
+            self.slirp.finish()          # slirp4netns may go: its exit overlaps the rest
+        self._finish(ctx, result)
+
+    def _finish(self, ctx: RunContext, result: Any) -> None:
         if self.jail_nft is None:
             return
         from .net_nft import escaped_total, refusals, refused_total
@@ -344,6 +352,10 @@ class AllowlistNetwork(NoNetwork):
         namespace, so that no lease is given back with its veth still present.
         """
         errors: list[str] = []
+        if self.slirp is not None:
+            errors += self.slirp.cleanup()       # slirp4netns, then the filter helper
+            self.slirp = None
+            self.jail_nft = None
         lease = self.lease
         if lease is not None and self.ipr is not None:
             try:
@@ -408,10 +420,12 @@ def describe() -> dict[str, Any]:
         pyroute2_version: str | None = md.version("pyroute2")
     except Exception:  # noqa: BLE001
         pyroute2_version = None
+    from . import net_rootless
     tools = {t: shutil.which(t) for t in ("slirp4netns", "pasta")}
     lib = net_nft.available()
     root_ok = lib and pyroute2_version is not None
     rootless = os.geteuid() != 0
+    rl = net_rootless.describe(for_others=not rootless)
     if not rootless:
         ok = root_ok
         detail = ("allowlist: veth + nftables egress filter in the jail's netns + host forward filter"
@@ -420,12 +434,10 @@ def describe() -> dict[str, Any]:
                                      ("pyroute2 missing", pyroute2_version is None)) if y))
         fix = None if ok else "apt-get install nftables; pip install pyroute2"
     else:
-        ok = False
-        found = [t for t, path in tools.items() if path]
-        detail = ("allowlist refused when rootless: " + (
-            "neither slirp4netns nor pasta is installed" if not found
-            else f"{found[0]} is installed but not driven yet")) + "; mode none works"
-        fix = "install slirp4netns or passt (Debian packages), or run as root"
+        ok = rl["ok"]
+        detail = ("allowlist (rootless): " + rl["detail"] if ok
+                  else "allowlist refused when rootless: " + rl["detail"] + "; mode none works")
+        fix = rl["fix"]
     v6 = net_pool.ipv6_forwarding_mode()
     return {
         "ok": ok,
@@ -436,6 +448,7 @@ def describe() -> dict[str, Any]:
         "pyroute2": pyroute2_version,
         "slirp4netns": tools["slirp4netns"],
         "pasta": tools["pasta"],
+        "rootless_allowlist": {k: v for k, v in rl.items() if k != "ok"} | {"works": rl["ok"]},
         "ip_forward": net_pool.read_sysctl("/proc/sys/net/ipv4/ip_forward"),
         "ipv6_forwarding": v6 or "unavailable (Linux < 6.17 and all.forwarding=0): IPv6"
                                  " destinations are refused",

@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${HIVEJAIL_VENV:-/opt/hivejail/venv}
 [ "$(id -u)" = 0 ] || { echo "setup.sh: run as root (it installs Debian packages)" >&2; exit 1; }
 
-debs=(nftables uidmap bubblewrap hyperfine jq nodejs iproute2 libseccomp2 python3-venv
+debs=(nftables uidmap bubblewrap hyperfine jq nodejs iproute2 libseccomp2 python3-venv slirp4netns
       qemu-system-x86 busybox-static kmod cpio e2fsprogs util-linux procps)
 export DEBIAN_FRONTEND=noninteractive
 # Always refresh the lists: the VM suite downloads Debian's current kernel package.
