@@ -2,7 +2,7 @@
 
 Both run in the payload after the Privileges step (ids, caps, no_new_privs):
 Landlock limits paths and TCP ports to the policy's view (jail/landlock.py),
-then the seccomp filter is loaded as the very last step (jail/seccomp.py).
+then the seccomp filter is loaded as the very last step (jail/seccomp/).
 """
 
 from __future__ import annotations

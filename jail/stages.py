@@ -101,11 +101,13 @@ def init(ctx: RunContext, steps: Sequence[Step], sock: socket.socket) -> NoRetur
             step.after_pivot(ctx)
         libc.sethostname(HOSTNAME)
         err_recv, err_send = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        forward = _Forwarder()          # before the fork: no signal can fall in a gap
         me = os.getpid()
         pid = os.fork()
         if pid == 0:
             err_recv.close()
             payload(ctx, steps, err_send, me)
+        forward.target(pid)
         err_send.close()
         msg = ipc.recv(err_recv)      # end of stream: execve succeeded
         err_recv.close()
@@ -113,15 +115,35 @@ def init(ctx: RunContext, steps: Sequence[Step], sock: socket.socket) -> NoRetur
             ipc.send(sock, "error", **{k: v for k, v in msg.items() if k != "t"})
             os.waitpid(pid, 0)
             os._exit(1)
-        for sig in FORWARDED:
-            signal.signal(sig, lambda s, _f: _forward(pid, s))
         ipc.send(sock, "exec_ok", pid=pid)
     except BaseException as e:  # noqa: BLE001
         _report(sock, "init", e)
     _reap(ctx, steps, sock, pid)
 
 
-def _forward(pid: int, sig: int) -> None:
+class _Forwarder:
+    """Forward SIGTERM/INT/HUP to one process; queue them until it exists."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.pending: list[int] = []
+        for sig in FORWARDED:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig: int, _frame: object) -> None:
+        if self.pid is None:
+            self.pending.append(sig)
+        else:
+            _kill(self.pid, sig)
+
+    def target(self, pid: int) -> None:
+        self.pid = pid
+        for sig in self.pending:
+            _kill(pid, sig)
+        self.pending.clear()
+
+
+def _kill(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

@@ -83,6 +83,7 @@ class Jail:
             result.status, result.exit_code = "setup_error", EXIT_SETUP
             result.reason = f"a jail stage ended unexpectedly during setup ({e})"
         finally:
+            run.restore_signals()
             run.kill()
             run.reap()
             for step in reversed(prepared):
@@ -109,9 +110,11 @@ class _Run:
         self.killed = False
         self.rusage: Any = None
         self._old_handlers: dict[int, Any] = {}
+        self._pending_signals: list[int] = []
 
     def start(self) -> None:
         ctx = self.ctx
+        self._forward_signals()     # from the start: a SIGTERM now is queued, not fatal
         sup, child = ipc.channel()
         me = os.getpid()
         pid = self._fork()
@@ -126,6 +129,9 @@ class _Run:
             step.from_parent(ctx, pid)
         ipc.send(sup, "go")
         ctx.init_pid = ipc.expect(sup, "init")["pid"]
+        for sig in self._pending_signals:
+            os.kill(ctx.init_pid, sig)          # init queues them until the payload exists
+        self._pending_signals.clear()
         ipc.expect(sup, "exec_ok")
         ctx.layers.setdefault("namespaces", ["user", "mnt", "net", "ipc", "uts", "cgroup", "pid"])
 
@@ -163,7 +169,6 @@ class _Run:
     def wait(self) -> None:
         ctx, policy = self.ctx, self.ctx.policy
         deadline = ctx.started_mono + policy.limits.wall_time
-        self._forward_signals()
         try:
             poller = select.poll()
             poller.register(self.sock, select.POLLIN)
@@ -186,7 +191,7 @@ class _Run:
                     for step in self.steps:
                         step.poll(ctx)
         finally:
-            self._restore_signals()
+            self.restore_signals()
         if not self.exited:
             self.result.set_exit(signal.SIGKILL)   # killed by the jail: 128+9
 
@@ -204,18 +209,20 @@ class _Run:
 
     def _forward_signals(self) -> None:
         def forward(sig: int, _frame: Any) -> None:
-            if self.ctx.init_pid:
-                try:
-                    os.kill(self.ctx.init_pid, sig)
-                except ProcessLookupError:
-                    pass
+            if not self.ctx.init_pid:
+                self._pending_signals.append(sig)
+                return
+            try:
+                os.kill(self.ctx.init_pid, sig)
+            except ProcessLookupError:
+                pass
         for sig in stages.FORWARDED:
             try:
                 self._old_handlers[sig] = signal.signal(sig, forward)
             except ValueError:      # not the main thread: leave signals alone
                 break
 
-    def _restore_signals(self) -> None:
+    def restore_signals(self) -> None:
         for sig, old in self._old_handlers.items():
             signal.signal(sig, old)
         self._old_handlers.clear()

@@ -150,3 +150,22 @@ def test_python_api_returns_a_result():
     result = Jail(policy).run(["/bin/sh", "-c", "exit 7"])
     assert result.status == "nonzero_exit" and result.exit_code == 7
     assert result.to_dict()["policy_sha256"] == policy.sha256
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05, 0.1, 0.2])
+def test_sigterm_at_any_moment_reaches_the_payload(root, delay):
+    """A SIGTERM during setup is queued and delivered, never lost and never fatal
+    to the supervisor: the payload dies of it and the result record is written."""
+    work = root.scratch()
+    (work / "in").mkdir()
+    (work / "out").mkdir()
+    (work / "policy.yml").write_text(root.policy_text(work))
+    proc = subprocess.Popen([VENV_PYTHON, "-m", "jail.cli", "exec", "--policy",
+                             str(work / "policy.yml"), "--result-file", str(work / "r.json"), "--",
+                             "/bin/sleep", "30"],
+                            env={"PYTHONPATH": str(root.pkg_dir), "PATH": "/usr/bin:/bin"})
+    time.sleep(0.08 + delay)          # the CLI's own imports take ~60 ms before setup starts
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20 * SLOW) == 128 + signal.SIGTERM
+    result = json.loads((work / "r.json").read_text())
+    assert result["status"] == "signaled" and result["signal"] == signal.SIGTERM, result

@@ -556,7 +556,7 @@ def test_without_user_notification_the_kernel_kills(hostile, monkeypatch):
     that free a dead task's stack (this one) show -1 there, and the reason
     points to the kernel audit log instead.
     """
-    monkeypatch.setattr(S.plan, "notify_supported", lambda: False)
+    monkeypatch.setattr("jail.seccomp.plan.notify_supported", lambda: False)
     nr = S.resolve_name("unshare")
     res, out = hostile(syscall_payload(nr, ["0x10000000"]))
     assert "before" in out and "returned=" not in out
