@@ -34,75 +34,26 @@ import os
 from typing import Iterable
 
 from . import libc
-
-CREATE_RULESET_VERSION = 1 << 0
-RULE_PATH_BENEATH = 1
-RULE_NET_PORT = 2
-
-FS_EXECUTE = 1 << 0
-FS_WRITE_FILE = 1 << 1
-FS_READ_FILE = 1 << 2
-FS_READ_DIR = 1 << 3
-FS_ALL_ABI1 = (1 << 13) - 1
-FS_REFER = 1 << 13          # ABI 2
-FS_TRUNCATE = 1 << 14       # ABI 3
-FS_IOCTL_DEV = 1 << 15      # ABI 5
-NET_BIND_TCP = 1 << 0       # ABI 4
-NET_CONNECT_TCP = 1 << 1
-SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0   # ABI 6
-SCOPE_SIGNAL = 1 << 1
+# The Landlock ABI lives in one place: jail/landlock.py (syscall numbers from libseccomp).
+from .landlock import (FS_EXECUTE, FS_IOCTL_DEV, FS_READ_DIR, FS_READ_FILE, FS_WRITE_FILE,
+                       NET_BIND_TCP, NET_CONNECT_TCP, RULE_NET_PORT, RULE_PATH_BENEATH,
+                       SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL, _NetPort, _PathBeneath,
+                       _RulesetAttr)
+from .landlock import _call as _sys
+from .landlock import handled_fs as _fs_handled
 
 TUN = "/dev/net/tun"
 
 
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-class _NetPort(ctypes.Structure):
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
-
-
-# Landlock's calls have the same numbers on every architecture (the unified table since 5.x).
-NR = {"landlock_create_ruleset": 444, "landlock_add_rule": 445, "landlock_restrict_self": 446}
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _sys(name: str, *args: object) -> int:
-    ret = _libc.syscall(ctypes.c_long(NR[name]), *args)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{name}: {os.strerror(err)}")
-    return int(ret)
-
-
 def abi() -> int:
     """The kernel's Landlock ABI version, 0 if Landlock is missing or disabled."""
+    from .landlock import abi_version
     try:
-        return _sys("landlock_create_ruleset", None, ctypes.c_size_t(0),
-                    ctypes.c_uint32(CREATE_RULESET_VERSION))
+        return abi_version()
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
             return 0
         raise
-
-
-def _fs_handled(version: int) -> int:
-    mask = FS_ALL_ABI1
-    if version >= 2:
-        mask |= FS_REFER
-    if version >= 3:
-        mask |= FS_TRUNCATE
-    if version >= 5:
-        mask |= FS_IOCTL_DEV
-    return mask
 
 
 class Ruleset:
@@ -142,6 +93,8 @@ def slirp_ruleset(exe: str, tcp_ports: Iterable[int], dns: bool) -> Ruleset:
     version = abi()
     if version <= 0:
         return Ruleset(None, 0, "no_new_privs + seccomp (no Landlock in this kernel)")
+    from .landlock import _nr
+    _nr("landlock_restrict_self")       # resolved here; the child only makes the call
     fs = _fs_handled(version)
     attr = _RulesetAttr(fs, (NET_BIND_TCP | NET_CONNECT_TCP) if version >= 4 else 0,
                         (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if version >= 6 else 0)
