@@ -64,8 +64,12 @@ def _report(sock: socket.socket, stage: str, exc: BaseException) -> NoReturn:
 def intermediate(ctx: RunContext, steps: Sequence[Step], sock: socket.socket,
                  supervisor: int) -> NoReturn:
     try:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_IGN)     # the supervisor decides; init forwards
+        # Blocked, not ignored: init inherits the mask, so a signal the supervisor
+        # forwards before init is ready stays pending instead of being discarded.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+        # Our own process group: a terminal's ^C reaches only the supervisor,
+        # which forwards it once (the payload gets its own session later).
+        os.setpgid(0, 0)
         _die_with_parent(supervisor)
         for step in steps:
             step.in_intermediate(ctx)
@@ -93,6 +97,8 @@ def intermediate(ctx: RunContext, steps: Sequence[Step], sock: socket.socket,
 
 def init(ctx: RunContext, steps: Sequence[Step], sock: socket.socket) -> NoReturn:
     try:
+        forward = _Forwarder()          # queues TERM/INT/HUP until the payload exists
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         _die_with_parent(None, sock)
         for step in steps:
             step.in_init(ctx)
@@ -101,13 +107,16 @@ def init(ctx: RunContext, steps: Sequence[Step], sock: socket.socket) -> NoRetur
             step.after_pivot(ctx)
         libc.sethostname(HOSTNAME)
         err_recv, err_send = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        forward = _Forwarder()          # before the fork: no signal can fall in a gap
         me = os.getpid()
+        # Blocked across the fork: a signal init forwards to the new pid stays
+        # pending until the payload has reset its handlers to the defaults.
+        signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
         pid = os.fork()
         if pid == 0:
             err_recv.close()
             payload(ctx, steps, err_send, me)
         forward.target(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
         err_send.close()
         msg = ipc.recv(err_recv)      # end of stream: execve succeeded
         err_recv.close()

@@ -169,3 +169,26 @@ def test_sigterm_at_any_moment_reaches_the_payload(root, delay):
     assert proc.wait(timeout=20 * SLOW) == 128 + signal.SIGTERM
     result = json.loads((work / "r.json").read_text())
     assert result["status"] == "signaled" and result["signal"] == signal.SIGTERM, result
+
+
+def test_signal_to_init_during_setup_reaches_the_payload():
+    """A SIGTERM that reaches PID 1 while it is still building the root is queued
+    and delivered to the payload once it exists (not ignored, not lost)."""
+    import dataclasses
+    from jail import Jail, default_policy
+    from jail.steps import Step
+    from jail.supervisor import default_steps
+
+    class SignalDuringSetup(Step):
+        name = "test-signal"
+
+        def in_init(self, ctx):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    policy = default_policy()
+    policy = dataclasses.replace(policy, audit=dataclasses.replace(policy.audit, dir=None))
+    steps = default_steps(policy)
+    steps.insert(0, SignalDuringSetup())
+    result = Jail(policy, steps=steps).run(["/bin/sleep", "30"])
+    assert result.status == "signaled" and result.signal == signal.SIGTERM, result.reason
+    assert result.wall_s < 10 * SLOW
