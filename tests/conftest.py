@@ -24,6 +24,21 @@ from jail.policy import parse_policy_text  # noqa: E402
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
 
+# Every run of this session (in-process and CLI subprocesses, which inherit the
+# variable) lives below a cgroup parent of its own, removed at the end.
+CGROUP_PARENT = os.environ.setdefault("HIVEJAIL_CGROUP_PARENT", f"hjtest-{os.getpid()}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cgroup_parent():
+    yield
+    if os.geteuid() == 0:
+        import cgroups
+        try:
+            cgroups.open_driver(CGROUP_PARENT).remove_parents()
+        except Exception:  # noqa: BLE001 - no cgroups here: nothing was made
+            pass
+
 
 def policy_yaml(extra: str = "", mounts: str = "", base: str = "/") -> str:
     """A test policy: default /usr mounts + ``mounts`` entries, audit off."""

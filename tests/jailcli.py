@@ -31,6 +31,15 @@ SLOW = 10.0 if os.environ.get("HIVEJAIL_VM") == "1" else 1.0
 USR_LINKS = "  symlinks: {/bin: usr/bin, /lib: usr/lib, /lib64: usr/lib64, /sbin: usr/sbin}\n"
 
 
+def cli_env(pkg_dir: Path | str, **extra: str) -> dict[str, str]:
+    """Environment for a `hivejail` subprocess: our package, and the session's
+    cgroup parent (tests/conftest.py) so nothing lands under the default one."""
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(pkg_dir), **extra}
+    if "HIVEJAIL_CGROUP_PARENT" in os.environ:
+        env["HIVEJAIL_CGROUP_PARENT"] = os.environ["HIVEJAIL_CGROUP_PARENT"]
+    return env
+
+
 @dataclass
 class Run:
     result: dict[str, Any]
@@ -138,8 +147,7 @@ class Runner:
         cmd = argv or ["/usr/bin/python3", "/job/in/payload.py"]
         cli = [VENV_PYTHON, "-m", "jail.cli", "exec", "--policy", str(work / "policy.yml"),
                "--result-file", str(work / "out-result.json"), *(cli_args or []), "--", *cmd]
-        run_env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(self.pkg_dir),
-                   "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+        run_env = cli_env(self.pkg_dir, PYTHONDONTWRITEBYTECODE="1", **(env or {}))
         if self.user:
             os.chown(work, self.user.pw_uid, self.user.pw_gid)
             cli = ["setpriv", f"--reuid={self.user.pw_uid}", f"--regid={self.user.pw_gid}",

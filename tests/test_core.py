@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from jailcli import SLOW, VENV_PYTHON, Runner
+from jailcli import cli_env, SLOW, VENV_PYTHON, Runner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
 
@@ -88,7 +88,7 @@ def test_sigterm_is_forwarded_to_the_payload(root):
     proc = subprocess.Popen([VENV_PYTHON, "-m", "jail.cli", "exec", "--policy",
                              str(work / "policy.yml"), "--result-file", str(work / "r.json"), "--",
                              "/bin/bash", "-c", script],
-                            env={"PYTHONPATH": str(root.pkg_dir), "PATH": "/usr/bin:/bin"})
+                            env=cli_env(root.pkg_dir))
     deadline = time.time() + 10
     while not (work / "out" / "ready").exists() and time.time() < deadline:
         time.sleep(0.02)
@@ -163,7 +163,7 @@ def test_sigterm_at_any_moment_reaches_the_payload(root, delay):
     proc = subprocess.Popen([VENV_PYTHON, "-m", "jail.cli", "exec", "--policy",
                              str(work / "policy.yml"), "--result-file", str(work / "r.json"), "--",
                              "/bin/sleep", "30"],
-                            env={"PYTHONPATH": str(root.pkg_dir), "PATH": "/usr/bin:/bin"})
+                            env=cli_env(root.pkg_dir))
     time.sleep(0.08 + delay)          # the CLI's own imports take ~60 ms before setup starts
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20 * SLOW) == 128 + signal.SIGTERM

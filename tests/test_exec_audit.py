@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jailcli import VENV_PYTHON, Runner
+from jailcli import cli_env, VENV_PYTHON, Runner
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([VENV_PYTHON, "-m", "jail.cli", *args], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120, **kw)
+                          env=cli_env(ROOT), timeout=120, **kw)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from jailcli import SLOW, TEST_USER, VENV_PYTHON, Runner, ensure_test_user, package_copy, remove_test_user
+from jailcli import cli_env, SLOW, TEST_USER, VENV_PYTHON, Runner, ensure_test_user, package_copy, remove_test_user
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the suite runs as root")
 
@@ -333,7 +333,7 @@ def test_tiocsti_cannot_inject_into_the_terminal(runner):
         (work / "policy.yml").write_text(runner_policy)
         cmd = [VENV_PYTHON, "-m", "jail.cli", "exec", "--policy", str(work / "policy.yml"), "--",
                "/usr/bin/python3", "/job/t/payload.py"]
-        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(runner.pkg_dir)}
+        env = cli_env(runner.pkg_dir)
         if runner.mode == "rootless":
             u = runner.user
             cmd = ["setpriv", f"--reuid={u.pw_uid}", f"--regid={u.pw_gid}", "--clear-groups",
@@ -367,7 +367,7 @@ def test_jail_dies_with_supervisor():
         proc = subprocess.Popen([VENV_PYTHON, "-m", "jail.cli", "exec", "--policy",
                                  str(work / "policy.yml"), "--", "/bin/bash", "-c",
                                  f"exec -a {marker} sleep 300"],
-                                env={"PYTHONPATH": str(r.pkg_dir), "PATH": "/usr/bin:/bin"})
+                                env=cli_env(r.pkg_dir))
         deadline = time.time() + 10 * SLOW
         while time.time() < deadline and not _pids_named(marker):
             time.sleep(0.05)
