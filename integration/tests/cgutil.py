@@ -59,15 +59,15 @@ def environment_problem() -> str | None:
 
 
 def read_flat(path: Path) -> dict[str, int]:
-    """A flat-keyed file ("key value" lines: memory.events, pids.events, cpu.stat)."""
-    out = {}
-    for line in Path(path).read_text().splitlines():
-        k, _, v = line.partition(" ")
-        try:
-            out[k] = int(v)
-        except ValueError:
-            pass
-    return out
+    """A flat-keyed file ("key value" lines: memory.events, pids.events, cpu.stat).
+
+    Parsed by the package's own reader (cgroups/fs.py); unlike it, a missing
+    file is an error here: a guest that lacks one is unfit.
+    """
+    from cgroups import fs
+    if not Path(path).exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    return fs.flat(str(path))
 
 
 def read_nested(path: Path) -> dict[str, dict[str, str]]:
